@@ -1,0 +1,208 @@
+/**
+ * Dense symmetric linear algebra for GPTQ: blocked Cholesky with failure detection, blocked
+ * lower-triangular inverse, and the upper Cholesky factor of H⁻¹ that GPTQ's column loop uses.
+ *
+ * Blocks of `blockSize` (default 128): the diagonal blocks are factored/inverted in float64 in
+ * TypeScript, the panel updates run as float32 GEMMs through ONNX Runtime (float32 is what the
+ * reference computes in). Matrices are `n×n` row-major Float32Arrays.
+ * @module
+ */
+import { Graph } from "./graph.ts";
+import { matmulT } from "./matmul.ts";
+import type { Runtime } from "./session.ts";
+
+/** The outcome of a factorisation: the factor, or the first pivot that was not positive. */
+export type CholeskyResult =
+  | { ok: true; L: Float32Array }
+  | { ok: false; pivot: number };
+
+/** The outcome of {@linkcode inverseCholeskyUpper}. */
+export type InverseCholeskyResult =
+  | { ok: true; U: Float32Array }
+  | { ok: false; pivot: number };
+
+/** Thrown by callers that cannot continue without a factor. */
+export class CholeskyError extends Error {
+  /** Index (in the caller's order) of the first non-positive or non-finite pivot. */
+  readonly pivot: number;
+  constructor(pivot: number, what = "matrix") {
+    super(`Cholesky: ${what} is not positive definite (pivot ${pivot})`);
+    this.name = "CholeskyError";
+    this.pivot = pivot;
+  }
+}
+
+const DEFAULT_BLOCK = 128;
+
+/** Y = C − A·Bᵀ (A [m, k], B [b, k], C [m, b]). */
+const PANEL_GRAPH = (() => {
+  const g = new Graph();
+  const a = g.input("a", ["m", "k"]);
+  const b = g.input("b", ["n", "k"]);
+  const c = g.input("c", ["m", "n"]);
+  g.output(g.op("Gemm", [a, b, c], { transB: 1, alpha: { float: -1 }, beta: { float: 1 } }), "y");
+  return g.toBytes();
+})();
+
+/** Y = −D·(A·X) (D [b, b], A [b, i], X [i, n]). */
+const TRI_INV_GRAPH = (() => {
+  const g = new Graph();
+  const d = g.input("d", ["b", "b"]);
+  const a = g.input("a", ["b", "i"]);
+  const b = g.input("x", ["i", "n"]);
+  g.output(g.op("Gemm", [d, g.matmul(a, b)], { alpha: { float: -1 } }), "y");
+  return g.toBytes();
+})();
+
+/**
+ * In-place float64 lower Cholesky of an `n×n` row-major matrix (reads the lower triangle,
+ * leaves L there and zeros above). Returns −1, or the index of the first pivot that is not
+ * positive and finite.
+ */
+export function choleskyF64(a: Float64Array, n: number): number {
+  for (let j = 0; j < n; j++) {
+    const rj = j * n;
+    let d = a[rj + j];
+    for (let k = 0; k < j; k++) d -= a[rj + k] * a[rj + k];
+    if (!(d > 0) || d === Infinity) return j;
+    const ljj = Math.sqrt(d);
+    a[rj + j] = ljj;
+    for (let i = j + 1; i < n; i++) {
+      const ri = i * n;
+      let s = a[ri + j];
+      for (let k = 0; k < j; k++) s -= a[ri + k] * a[rj + k];
+      a[ri + j] = s / ljj;
+    }
+    for (let k = j + 1; k < n; k++) a[rj + k] = 0;
+  }
+  return -1;
+}
+
+/** Float64 inverse of a lower-triangular `n×n` row-major matrix (non-zero diagonal). */
+export function invertLowerF64(L: Float64Array, n: number): Float64Array {
+  const X = new Float64Array(n * n);
+  for (let j = 0; j < n; j++) {
+    X[j * n + j] = 1 / L[j * n + j];
+    for (let i = j + 1; i < n; i++) {
+      let s = 0;
+      for (let k = j; k < i; k++) s += L[i * n + k] * X[k * n + j];
+      X[i * n + j] = -s / L[i * n + i];
+    }
+  }
+  return X;
+}
+
+/**
+ * Blocked lower Cholesky `A = L·Lᵀ` of a symmetric `n×n` matrix (only its lower triangle is
+ * read). Left-looking: block column k is `A[k:, k:k+b] − L[k:, :k]·L[k:k+b, :k]ᵀ`, one GEMM.
+ * Never returns NaN: a non-positive or non-finite pivot yields `{ok: false, pivot}`.
+ */
+export async function cholesky(
+  rt: Runtime,
+  A: Float32Array,
+  n: number,
+  blockSize = DEFAULT_BLOCK,
+): Promise<CholeskyResult> {
+  if (A.length !== n * n) throw new Error(`cholesky: ${A.length} values for a ${n}×${n} matrix`);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) if (!Number.isFinite(A[i * n + j])) return { ok: false, pivot: j };
+  }
+  const L = new Float32Array(n * n);
+  for (let k = 0; k < n; k += blockSize) {
+    const b = Math.min(blockSize, n - k), m = n - k;
+    let S: Float32Array = new Float32Array(m * b);
+    for (let i = 0; i < m; i++) {
+      const src = (k + i) * n + k;
+      S.set(A.subarray(src, src + b), i * b);
+    }
+    if (k > 0) {
+      const Lk = new Float32Array(m * k); // L[k:, :k]
+      for (let i = 0; i < m; i++) Lk.set(L.subarray((k + i) * n, (k + i) * n + k), i * k);
+      S = (await rt.run(PANEL_GRAPH, {
+        a: { data: Lk, shape: [m, k] },
+        b: { data: Lk.subarray(0, b * k), shape: [b, k] },
+        c: { data: S, shape: [m, b] },
+      })).y.data;
+    }
+    const D = Float64Array.from(S.subarray(0, b * b));
+    const fail = choleskyF64(D, b);
+    if (fail >= 0) return { ok: false, pivot: k + fail };
+    for (let i = 0; i < b; i++) {
+      for (let j = 0; j <= i; j++) L[(k + i) * n + k + j] = D[i * b + j];
+    }
+    if (m > b) {
+      const invDt = Float32Array.from(invertLowerF64(D, b));
+      const L21 = await matmulT(rt, { data: S.subarray(b * b), shape: [m - b, b] }, {
+        data: invDt,
+        shape: [b, b],
+      });
+      for (let i = 0; i < m - b; i++) {
+        const src = L21.data.subarray(i * b, i * b + b);
+        if (!src.every(Number.isFinite)) return { ok: false, pivot: k + b };
+        L.set(src, (k + b + i) * n + k);
+      }
+    }
+  }
+  return { ok: true, L };
+}
+
+/**
+ * Blocked inverse of a lower-triangular `n×n` matrix with positive diagonal. Block row i:
+ * `X[i, :i] = −X_ii · (L[i, :i] · X[:i, :i])`, one fused GEMM pair.
+ */
+export async function invertLower(
+  rt: Runtime,
+  L: Float32Array,
+  n: number,
+  blockSize = DEFAULT_BLOCK,
+): Promise<Float32Array> {
+  const X = new Float32Array(n * n);
+  for (let i = 0; i < n; i += blockSize) {
+    const b = Math.min(blockSize, n - i);
+    const D = new Float64Array(b * b);
+    for (let r = 0; r < b; r++) {
+      for (let c = 0; c <= r; c++) D[r * b + c] = L[(i + r) * n + i + c];
+    }
+    const Xii = invertLowerF64(D, b);
+    if (i > 0) {
+      const Lrow = new Float32Array(b * i);
+      for (let r = 0; r < b; r++) Lrow.set(L.subarray((i + r) * n, (i + r) * n + i), r * i);
+      const Xi = new Float32Array(i * i); // X[:i, :i]
+      for (let r = 0; r < i; r++) Xi.set(X.subarray(r * n, r * n + i), r * i);
+      const y = (await rt.run(TRI_INV_GRAPH, {
+        d: { data: Float32Array.from(Xii), shape: [b, b] },
+        a: { data: Lrow, shape: [b, i] },
+        x: { data: Xi, shape: [i, i] },
+      })).y.data;
+      for (let r = 0; r < b; r++) X.set(y.subarray(r * i, (r + 1) * i), (i + r) * n);
+    }
+    for (let r = 0; r < b; r++) {
+      for (let c = 0; c <= r; c++) X[(i + r) * n + i + c] = Xii[r * b + c];
+    }
+  }
+  return X;
+}
+
+/**
+ * The upper-triangular U with `H⁻¹ = Uᵀ·U` (what the reference gets from
+ * `cholesky(cholesky_inverse(cholesky(H)), upper=True)`), with one Cholesky and one triangular
+ * inverse: with J the reversal permutation and `J·H·J = L′·L′ᵀ`, `U = J·L′⁻¹·J`.
+ * H must already carry its damping. On failure the pivot is reported in H's own order.
+ */
+export async function inverseCholeskyUpper(
+  rt: Runtime,
+  H: Float32Array,
+  n: number,
+  blockSize = DEFAULT_BLOCK,
+): Promise<InverseCholeskyResult> {
+  const last = n * n - 1;
+  const A = new Float32Array(n * n);
+  for (let i = 0; i < n * n; i++) A[i] = H[last - i];
+  const r = await cholesky(rt, A, n, blockSize);
+  if (!r.ok) return { ok: false, pivot: n - 1 - r.pivot };
+  const X = await invertLower(rt, r.L, n, blockSize);
+  const U = new Float32Array(n * n);
+  for (let i = 0; i < n * n; i++) U[i] = X[last - i];
+  if (!U.every(Number.isFinite)) return { ok: false, pivot: 0 };
+  return { ok: true, U };
+}

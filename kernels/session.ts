@@ -1,0 +1,100 @@
+/**
+ * ONNX Runtime sessions: one cache per execution device, keyed by the graph's bytes, so a graph
+ * built for one block is compiled once and reused for every block of the same shape.
+ * @module
+ */
+import * as ort from "onnxruntime-node";
+import type { Tensor } from "./tensor.ts";
+
+/** Where graphs run. */
+export type Device = "cpu" | "webgpu" | "cuda";
+
+/** The devices a user may name with `--device`. */
+export const DEVICES: readonly Device[] = ["cpu", "webgpu", "cuda"];
+
+/** A feed value: a float tensor, or int64 indices given as a `BigInt64Array` with its shape. */
+export type Feed = Tensor | { int64: BigInt64Array; shape: number[] };
+
+/** Runs graphs on one device and caches their sessions. */
+export class Runtime {
+  readonly device: Device;
+  #sessions = new Map<string, Promise<ort.InferenceSession>>();
+  #threads: number;
+
+  constructor(device: Device = "cpu", threads = navigator.hardwareConcurrency ?? 2) {
+    if (!DEVICES.includes(device)) {
+      throw new Error(`--device: unknown device "${device}" (expected ${DEVICES.join(", ")})`);
+    }
+    this.device = device;
+    this.#threads = threads;
+  }
+
+  /** The cached session for a graph, created on first use. */
+  session(bytes: Uint8Array): Promise<ort.InferenceSession> {
+    const key = hashBytes(bytes);
+    let s = this.#sessions.get(key);
+    if (!s) {
+      s = this.#create(bytes);
+      this.#sessions.set(key, s);
+      s.catch(() => this.#sessions.delete(key));
+    }
+    return s;
+  }
+
+  /** Runs a graph on named feeds and returns every float output as a Tensor. */
+  async run(bytes: Uint8Array, feeds: Record<string, Feed>): Promise<Record<string, Tensor>> {
+    const s = await this.session(bytes);
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const [name, f] of Object.entries(feeds)) {
+      ortFeeds[name] = "int64" in f
+        ? new ort.Tensor("int64", f.int64, f.shape)
+        : new ort.Tensor("float32", f.data, f.shape);
+    }
+    const out = await s.run(ortFeeds);
+    const result: Record<string, Tensor> = {};
+    for (const [name, t] of Object.entries(out)) {
+      result[name] = { data: t.data as Float32Array, shape: t.dims.map(Number) };
+    }
+    return result;
+  }
+
+  /** Releases every cached session. */
+  async release(): Promise<void> {
+    const all = [...this.#sessions.values()];
+    this.#sessions.clear();
+    for (const s of all) await (await s).release();
+  }
+
+  async #create(bytes: Uint8Array): Promise<ort.InferenceSession> {
+    const opts: ort.InferenceSession.SessionOptions = {
+      executionProviders: [this.device],
+      intraOpNumThreads: this.#threads,
+      interOpNumThreads: 1,
+      graphOptimizationLevel: "all",
+      // One arena per session keeps its peak forever; many cached graphs would multiply it.
+      enableCpuMemArena: false,
+    };
+    try {
+      return await ort.InferenceSession.create(bytes, opts);
+    } catch (e) {
+      if (this.device === "cpu") throw e;
+      throw new Error(
+        `--device ${this.device}: ONNX Runtime could not create a session on this device ` +
+          `(${(e as Error).message.split("\n")[0]}). ` +
+          (this.device === "cuda"
+            ? "CUDA needs ONNX Runtime's CUDA binaries and an NVIDIA driver."
+            : "WebGPU needs a GPU adapter (Vulkan on Linux)."),
+      );
+    }
+  }
+}
+
+/** FNV-1a over the bytes, as hex: cheap and good enough to tell graphs apart. */
+function hashBytes(b: Uint8Array): string {
+  let h1 = 0x811c9dc5, h2 = 0x01000193 ^ b.length;
+  for (let i = 0; i < b.length; i++) {
+    h1 = Math.imul(h1 ^ b[i], 0x01000193);
+    h2 = Math.imul(h2 ^ b[i], 0x5bd1e995);
+  }
+  return (h1 >>> 0).toString(16) + (h2 >>> 0).toString(16) + ":" + b.length;
+}

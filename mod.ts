@@ -1,0 +1,95 @@
+/**
+ * qllm-deno: post-training quantization of LLaMA-family models on Deno.
+ *
+ * A model streams through a pipeline one decoder block at a time: a source reads a block's
+ * weights, stages (Web Streams transforms of {@linkcode BlockJob}s) capture, quantize and
+ * propagate, and a sink writes the block out. Heavy math runs as ONNX Runtime graphs.
+ *
+ * ```ts
+ * import { blockSink, blockSource, ChainLink, gptqStage, propagate, runQuantization } from "./mod.ts";
+ * const report = await runQuantization({
+ *   method: "gptq", wbits: 4, abits: 16, groupSize: 128,
+ *   model: "../shared/fixtures/models/tinystories-656k", out: "out/gptq-w4",
+ *   calib: { file: "../shared/fixtures/text/tinystories_train_sample.txt", nsamples: 128, seed: 0 },
+ *   eval: { files: ["../shared/fixtures/text/tinystories_val.txt"], windows: 256 },
+ *   stages: () => [gptqStage({ bits: 4, groupSize: 128, actOrder: true, staticGroups: false,
+ *     trueSequential: true }), propagate()],
+ * });
+ * ```
+ * @module
+ */
+
+// Tensors, graphs and runtimes.
+export { clone, Rng, sizeOf, type Tensor, tensor, transpose2d, zeros } from "./kernels/tensor.ts";
+export { type Attr, type Dim, DType, Graph, type Value } from "./kernels/graph.ts";
+export { type Device, DEVICES, type Feed, Runtime } from "./kernels/session.ts";
+export { gram, matmul, matmulT } from "./kernels/matmul.ts";
+export { MT19937 } from "./kernels/mt19937.ts";
+export { kmeans1d } from "./kernels/kmeans.ts";
+
+// Models: formats, configs, tokenizers, data, forward pass.
+export {
+  SafetensorsError,
+  SafetensorsReader,
+  SafetensorsWriter,
+  writeSafetensors,
+} from "./models/safetensors.ts";
+export { Checkpoint, CheckpointWriter, openCheckpoint } from "./models/checkpoint.ts";
+export {
+  blockTensorShapes,
+  LINEAR_NAMES,
+  type LinearName,
+  type ModelConfig,
+  parseHfConfig,
+  toHfConfig,
+} from "./models/config.ts";
+export { type BlockWeights, type ModelSource, openModel } from "./models/model.ts";
+export { ModelWriter } from "./models/writer.ts";
+export {
+  loadHfTokenizer,
+  loadLlama2cTokenizer,
+  loadTokenizer,
+  type TextTokenizer,
+} from "./models/tokenizer.ts";
+export { readDataset, renderChat, windows } from "./models/text.ts";
+export { calibrationStarts, calibrationWindows } from "./models/calibration.ts";
+export {
+  buildBlockGraph,
+  buildHeadGraph,
+  fakeQuantPerToken,
+  rmsNorm,
+  rope,
+} from "./models/block_graph.ts";
+export { embed, logits, runBlock, windowNll } from "./models/forward.ts";
+
+// Algorithms on one weight matrix.
+export {
+  checkGroupSize,
+  findParams,
+  type QuantSpec,
+  roundHalfEven,
+  rtnWeight,
+} from "./algorithms/quantizer.ts";
+export { gptq, type GptqOptions, type GptqResult } from "./algorithms/gptq.ts";
+export { claq, type ClaqOptions, type ClaqResult } from "./algorithms/claq.ts";
+
+// The block stream and its stages.
+export {
+  type Activations,
+  type BlockJob,
+  type LearnedState,
+  type RunContext,
+  type Stage,
+  stage,
+  type StageReport,
+} from "./stages/job.ts";
+export { blockSink, blockSource, ChainLink, runStream } from "./stages/stream.ts";
+export { capture, propagate } from "./stages/propagate.ts";
+export { captureHessians, relativeOutputError } from "./stages/hessian.ts";
+export { type LinearQuantizer, quantizeLinears } from "./stages/quantize_linears.ts";
+export { claqStage, gptqStage, rtn } from "./stages/weight_quant.ts";
+
+// Pipelines.
+export { perplexity, type PerplexityResult } from "./pipelines/eval.ts";
+export { greedy } from "./pipelines/generate.ts";
+export { type QuantizeReport, type QuantizeRun, runQuantization } from "./pipelines/quantize.ts";

@@ -1,0 +1,156 @@
+/**
+ * The LLaMA decoder block as one ONNX graph: RMSNorm, RoPE (rotate-half layout), grouped-query
+ * causal attention, SwiGLU, optional q/k/v biases, and optional per-token fake quantization of
+ * the input of every linear layer. Weights are graph inputs, so one compiled session serves
+ * every block of a model. Also the head graph (final norm, lm_head, per-token NLL or logits).
+ * @module
+ */
+import { DType, Graph, type Value } from "../kernels/graph.ts";
+import { blockTensorShapes, type ModelConfig } from "./config.ts";
+
+/** What a block graph computes besides its output. */
+export interface BlockGraphOptions {
+  /** Batch (windows) and sequence length the graph is built for. */
+  batch: number;
+  seqlen: number;
+  /** Per-token asymmetric fake quantization of each linear's input at this many bits (≥ 16: off). */
+  abits?: number;
+  /** Also output the input of each linear group (`x_qkv`, `x_o`, `x_gateup`, `x_down`, [N, in]). */
+  capture?: boolean;
+}
+
+/** Graph input names of a block's tensors (HF names relative to the layer). */
+export const BLOCK_INPUTS = [
+  "input_layernorm.weight",
+  "self_attn.q_proj.weight",
+  "self_attn.k_proj.weight",
+  "self_attn.v_proj.weight",
+  "self_attn.o_proj.weight",
+  "post_attention_layernorm.weight",
+  "mlp.gate_proj.weight",
+  "mlp.up_proj.weight",
+  "mlp.down_proj.weight",
+] as const;
+
+/** The names of the captured linear inputs, in block order. */
+export const CAPTURE_POINTS = ["x_qkv", "x_o", "x_gateup", "x_down"] as const;
+/** A captured linear input. */
+export type CapturePoint = (typeof CAPTURE_POINTS)[number];
+
+/** RMSNorm over the last axis: x · rsqrt(mean(x²) + eps) · w. */
+export function rmsNorm(g: Graph, x: Value, w: Value, eps: number): Value {
+  const ms = g.reduceMean(g.mul(x, x), [-1]);
+  const inv = g.op("Reciprocal", [g.op("Sqrt", [g.add(ms, g.scalar(eps))])]);
+  return g.mul(g.mul(x, inv), w);
+}
+
+/**
+ * Per-token (last axis) asymmetric min-max fake quantization, the range always containing 0
+ * (PROTOCOL.md §5); ONNX Round is round-half-to-even like torch.round.
+ */
+export function fakeQuantPerToken(g: Graph, x: Value, bits: number): Value {
+  const maxq = 2 ** bits - 1;
+  const zero0 = g.scalar(0);
+  let xmin = g.op("Min", [g.reduceMin(x, [-1]), zero0]);
+  let xmax = g.op("Max", [g.reduceMax(x, [-1]), zero0]);
+  const flat = g.op("And", [g.op("Equal", [xmin, zero0]), g.op("Equal", [xmax, zero0])]);
+  xmin = g.op("Where", [flat, g.scalar(-1), xmin]);
+  xmax = g.op("Where", [flat, g.scalar(1), xmax]);
+  const scale = g.div(g.sub(xmax, xmin), g.scalar(maxq));
+  const zp = g.op("Round", [g.div(g.op("Neg", [xmin]), scale)]);
+  const q = g.op("Clip", [g.add(g.op("Round", [g.div(x, scale)]), zp), zero0, g.scalar(maxq)]);
+  return g.mul(scale, g.sub(q, zp));
+}
+
+/** Rotate-half RoPE on [B, T, H, hd] with cos/sin given as [T, 1, hd/2]. */
+export function rope(g: Graph, x: Value, cos: Value, sin: Value, headDim: number): Value {
+  const h = headDim / 2;
+  const x1 = g.slice(x, [0], [h], [-1]);
+  const x2 = g.slice(x, [h], [headDim], [-1]);
+  return g.concat([
+    g.sub(g.mul(x1, cos), g.mul(x2, sin)),
+    g.add(g.mul(x2, cos), g.mul(x1, sin)),
+  ], -1);
+}
+
+/** Builds the block graph. Inputs: `x` [B,T,d], `cos`/`sin` [T,1,hd/2], `mask` [T,T], weights. */
+export function buildBlockGraph(c: ModelConfig, o: BlockGraphOptions): Uint8Array {
+  const g = new Graph();
+  const { batch: B, seqlen: T } = o;
+  const N = B * T, d = c.hidden, H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
+  const x = g.input("x", [B, T, d]);
+  const cos = g.input("cos", [T, 1, hd / 2]);
+  const sin = g.input("sin", [T, 1, hd / 2]);
+  const mask = g.input("mask", [T, T]);
+  const w: Record<string, Value> = {};
+  for (const [name, shape] of Object.entries(blockTensorShapes(c))) w[name] = g.input(name, shape);
+  const aq = (v: Value) =>
+    (o.abits !== undefined && o.abits < 16) ? fakeQuantPerToken(g, v, o.abits) : v;
+  const linear = (v: Value, name: string) => {
+    const bias = w[`${name}.bias`];
+    return g.op("Gemm", bias ? [v, w[`${name}.weight`], bias] : [v, w[`${name}.weight`]], {
+      transB: 1,
+    });
+  };
+  const captured: Record<string, Value> = {};
+
+  const x2d = g.reshape(x, [N, d]);
+  const hAttn = aq(rmsNorm(g, x2d, w["input_layernorm.weight"], c.rmsEps));
+  captured.x_qkv = hAttn;
+  const q = g.reshape(linear(hAttn, "self_attn.q_proj"), [B, T, H, hd]);
+  const k = g.reshape(linear(hAttn, "self_attn.k_proj"), [B, T, KV, hd]);
+  const v = g.reshape(linear(hAttn, "self_attn.v_proj"), [B, T, KV, hd]);
+  const qr = g.reshape(g.transpose(rope(g, q, cos, sin, hd), [0, 2, 1, 3]), [B, KV, G, T, hd]);
+  const kr = g.reshape(g.transpose(rope(g, k, cos, sin, hd), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
+  const vr = g.reshape(g.transpose(v, [0, 2, 1, 3]), [B, KV, 1, T, hd]);
+  const scores = g.add(g.div(g.matmul(qr, kr), g.scalar(Math.sqrt(hd))), mask);
+  const probs = g.op("Softmax", [scores], { axis: -1 });
+  const attn = g.reshape(
+    g.transpose(g.reshape(g.matmul(probs, vr), [B, H, T, hd]), [0, 2, 1, 3]),
+    [N, H * hd],
+  );
+  const attnQ = aq(attn);
+  captured.x_o = attnQ;
+  const x1 = g.add(x2d, linear(attnQ, "self_attn.o_proj"));
+
+  const hMlp = aq(rmsNorm(g, x1, w["post_attention_layernorm.weight"], c.rmsEps));
+  captured.x_gateup = hMlp;
+  const gate = linear(hMlp, "mlp.gate_proj");
+  const up = linear(hMlp, "mlp.up_proj");
+  const act = aq(g.mul(g.mul(gate, g.op("Sigmoid", [gate])), up));
+  captured.x_down = act;
+  const y = g.add(x1, linear(act, "mlp.down_proj"));
+  g.output(g.reshape(y, [B, T, d]), "y");
+  if (o.capture) { for (const p of CAPTURE_POINTS) g.output(captured[p], p); }
+  return g.toBytes();
+}
+
+/** What the head graph returns. */
+export interface HeadGraphOptions {
+  batch: number;
+  seqlen: number;
+  /** `nll`: per-token negative log-likelihood of `targets` [B, T−1]; `logits`: [B, T, V]. */
+  output: "nll" | "logits";
+}
+
+/** Final RMSNorm + lm_head, then NLL of the next tokens or the raw logits. */
+export function buildHeadGraph(c: ModelConfig, o: HeadGraphOptions): Uint8Array {
+  const g = new Graph();
+  const { batch: B, seqlen: T } = o;
+  const x = g.input("x", [B, T, c.hidden]);
+  const normW = g.input("norm", [c.hidden]);
+  const head = g.input("head", [c.vocab, c.hidden]);
+  const h = rmsNorm(g, g.reshape(x, [B * T, c.hidden]), normW, c.rmsEps);
+  const logits = g.reshape(g.op("Gemm", [h, head], { transB: 1 }), [B, T, c.vocab]);
+  if (o.output === "logits") {
+    g.output(logits, "logits");
+  } else {
+    const targets = g.input("targets", [B, T - 1], DType.int64);
+    const lp = g.op("LogSoftmax", [g.slice(logits, [0], [T - 1], [1])], { axis: -1 });
+    const picked = g.op("GatherElements", [lp, g.op("Unsqueeze", [targets, g.int64([2])])], {
+      axis: 2,
+    });
+    g.output(g.op("Neg", [g.reshape(picked, [B, T - 1])]), "nll");
+  }
+  return g.toBytes();
+}

@@ -1,0 +1,147 @@
+/**
+ * Datasets as token id streams (PROTOCOL §2) and the evaluation windows cut from them (§3).
+ * @module
+ */
+
+import { Template } from "@huggingface/jinja";
+import type { TextTokenizer } from "./tokenizer.ts";
+
+/** One chat message of a `messages` JSONL line. */
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+/**
+ * Renders `messages` through a Jinja chat template with `bos_token`, `eos_token` and
+ * `add_generation_prompt: false`, as `apply_chat_template(tokenize=False)` does.
+ */
+export function renderChat(
+  chatTemplate: string,
+  messages: ChatMessage[],
+  tok: Pick<TextTokenizer, "bosToken" | "eosToken">,
+): string {
+  return new Template(chatTemplate).render({
+    messages,
+    bos_token: tok.bosToken ?? "",
+    eos_token: tok.eosToken ?? "",
+    add_generation_prompt: false,
+  });
+}
+
+/**
+ * Encodes a rendered chat. The template usually emits the BOS text itself and `encode` adds
+ * one too; a doubled leading BOS is collapsed to one, so each conversation starts with one BOS.
+ */
+function encodeChat(rendered: string, tok: TextTokenizer): number[] {
+  const ids = tok.encode(rendered);
+  if (ids.length >= 2 && ids[0] === tok.bos && ids[1] === tok.bos) ids.shift();
+  return ids;
+}
+
+function isMessages(v: unknown): v is ChatMessage[] {
+  return Array.isArray(v) &&
+    v.every((m) =>
+      m !== null && typeof m === "object" && typeof (m as ChatMessage).role === "string" &&
+      typeof (m as ChatMessage).content === "string"
+    );
+}
+
+function concat(parts: number[][]): Int32Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Int32Array(n);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+/**
+ * Reads a dataset file as one id stream.
+ *
+ * - `.txt`: the whole file as one UTF-8 string, unchanged (no newline normalisation), encoded
+ *   once (one BOS at the very start), as PROTOCOL §2.
+ * - `.jsonl`, lines with a `text` string: each document is encoded on its own and the results are
+ *   concatenated in file order, so **every document starts with its own BOS** (as `encode` gives
+ *   it) and merges never cross document boundaries.
+ * - `.jsonl`, lines with `messages` (`[{role, content}]`): each conversation is rendered through
+ *   the tokenizer's chat template ({@link renderChat}), encoded (one leading BOS per
+ *   conversation), and concatenated. Needs `tok.chatTemplate`.
+ *
+ * Blank JSONL lines are skipped. Errors name the file (and line, for JSONL).
+ */
+export async function readDataset(path: string, tok: TextTokenizer): Promise<Int32Array> {
+  const lower = path.toLowerCase();
+  if (lower.endsWith(".txt")) {
+    return Int32Array.from(tok.encode(await Deno.readTextFile(path)));
+  }
+  if (lower.endsWith(".jsonl")) {
+    const lines = (await Deno.readTextFile(path)).split("\n");
+    const parts: number[][] = [];
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i].trim();
+      if (line === "") continue;
+      const where = `${path}:${i + 1}`;
+      let obj: unknown;
+      try {
+        obj = JSON.parse(line);
+      } catch (e) {
+        throw new Error(`${where}: invalid JSON (${(e as Error).message})`);
+      }
+      const rec = (obj ?? {}) as { text?: unknown; messages?: unknown };
+      if (typeof obj === "object" && obj !== null && isMessages(rec.messages)) {
+        if (tok.chatTemplate === undefined) {
+          throw new Error(
+            `${where}: chat-format line (messages) but the tokenizer has no chat template`,
+          );
+        }
+        parts.push(encodeChat(renderChat(tok.chatTemplate, rec.messages, tok), tok));
+      } else if (typeof obj === "object" && obj !== null && typeof rec.text === "string") {
+        parts.push(tok.encode(rec.text));
+      } else {
+        throw new Error(
+          `${where}: expected an object with a "text" string or a "messages" array of {role, content}`,
+        );
+      }
+    }
+    return concat(parts);
+  }
+  throw new Error(`readDataset: unsupported file type for ${path} (expected .txt or .jsonl)`);
+}
+
+/** Non-overlapping windows of a token stream. */
+export interface Windows {
+  /** Number of windows used. */
+  count: number;
+  /** Start offset of each window in the stream (`i * seqlen`). */
+  starts: number[];
+  /** Window length. */
+  seqlen: number;
+}
+
+/**
+ * Cuts `floor(len / seqlen)` non-overlapping windows from the start (the remainder is dropped)
+ * and keeps the first `maxWindows` of them when given (PROTOCOL §3).
+ */
+export function windows(
+  ids: ArrayLike<number>,
+  seqlen: number,
+  maxWindows?: number,
+): Windows {
+  if (!Number.isInteger(seqlen) || seqlen <= 0) {
+    throw new RangeError(`windows: seqlen must be a positive integer, got ${seqlen}`);
+  }
+  let count = Math.floor(ids.length / seqlen);
+  if (maxWindows !== undefined) count = Math.min(count, Math.max(0, Math.floor(maxWindows)));
+  const starts = Array.from({ length: count }, (_, i) => i * seqlen);
+  return { count, starts, seqlen };
+}
+
+/** The ids of window `i` (a view, no copy). */
+export function windowIds(ids: Int32Array, w: Windows, i: number): Int32Array {
+  if (i < 0 || i >= w.count) throw new RangeError(`windowIds: window ${i} of ${w.count}`);
+  return ids.subarray(w.starts[i], w.starts[i] + w.seqlen);
+}

@@ -1,0 +1,85 @@
+/**
+ * Greedy decoding, for smoke checks of a model (original or quantized): every step runs the
+ * whole padded sequence through the block graphs (causal attention makes the padding inert),
+ * so one compiled graph serves every step. `deno run -A pipelines/generate.ts [--model DIR]
+ * [--prompt TEXT] [--tokens N] [--abits B] [--device cpu]`.
+ * @module
+ */
+import { Runtime } from "../kernels/session.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+import { DEFAULT_MODEL } from "../fixtures/paths.ts";
+import { embed, logits, runBlock } from "../models/forward.ts";
+import { type BlockWeights, type ModelSource, openModel } from "../models/model.ts";
+import { loadTokenizer } from "../models/tokenizer.ts";
+import { deviceFlag, intFlag, parseFlags, runMain } from "./cli.ts";
+import { modelDir } from "./eval.ts";
+
+/** Options of {@linkcode greedy}. */
+export interface GreedyOptions {
+  /** New tokens to produce (stops early at EOS). */
+  tokens: number;
+  abits?: number;
+}
+
+/** Greedy continuation of `prompt` (token ids, BOS included); returns prompt + new ids. */
+export async function greedy(
+  rt: Runtime,
+  model: ModelSource,
+  prompt: number[],
+  o: GreedyOptions,
+): Promise<number[]> {
+  const c = model.config;
+  const T = Math.min(c.maxSeq, prompt.length + o.tokens);
+  const blocks: BlockWeights[] = [];
+  for (let i = 0; i < c.layers; i++) blocks.push(await model.block(i));
+  const [table, norm, head] = [
+    await model.embedding(),
+    await model.finalNorm(),
+    await model.head(),
+  ];
+  const ids = [...prompt];
+  while (ids.length < T) {
+    const padded = Int32Array.from({ length: T }, (_, i) => ids[i] ?? 0);
+    let x: Tensor = embed(table, padded, T);
+    for (const w of blocks) x = await runBlock(rt, c, w, x, { abits: o.abits, batch: 1 });
+    const lg = await logits(rt, c, norm, head, x);
+    const row = lg.data.subarray((ids.length - 1) * c.vocab, ids.length * c.vocab);
+    let best = 0;
+    for (let v = 1; v < c.vocab; v++) if (row[v] > row[best]) best = v;
+    ids.push(best);
+    if (best === c.eos) break;
+  }
+  return ids;
+}
+
+const USAGE = `usage: deno run -A pipelines/generate.ts [--model DIR] [--prompt TEXT] [--tokens N]
+       [--abits B] [--device cpu|webgpu|cuda]`;
+
+async function main(argv: string[]) {
+  const f = parseFlags(argv, {
+    model: { type: "string" },
+    prompt: { type: "string" },
+    tokens: { type: "string" },
+    abits: { type: "string" },
+    device: { type: "string" },
+    help: { type: "boolean" },
+  }, USAGE);
+  if (f.help) return console.log(USAGE);
+  const path = (f.model as string | undefined) ?? DEFAULT_MODEL;
+  const rt = new Runtime(deviceFlag(f.device));
+  const model = await openModel(path);
+  try {
+    const tok = await loadTokenizer(await modelDir(path));
+    const prompt = f.prompt === undefined ? [tok.bos] : tok.encode(f.prompt as string);
+    const ids = await greedy(rt, model, prompt, {
+      tokens: intFlag(f.tokens, "--tokens", 64),
+      abits: f.abits === undefined ? undefined : intFlag(f.abits, "--abits", 16, 2),
+    });
+    console.log(tok.decode(ids));
+  } finally {
+    model.close();
+    await rt.release();
+  }
+}
+
+if (import.meta.main) await runMain(main);

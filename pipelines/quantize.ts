@@ -1,0 +1,285 @@
+/**
+ * Running a quantization pipeline end to end: calibration windows, evaluation before, the block
+ * stream (source → the method's stages → sink), the output model, evaluation after, and the
+ * JSON report every pipeline of the toolkit shares. Method files (`rtn.ts`, `gptq.ts`, …) only
+ * choose their stages.
+ * @module
+ */
+import { Runtime } from "../kernels/session.ts";
+import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
+import { calibrationWindows } from "../models/calibration.ts";
+import { checkSeqlen } from "../models/config.ts";
+import { embed } from "../models/forward.ts";
+import { openModel } from "../models/model.ts";
+import { readDataset } from "../models/text.ts";
+import { loadTokenizer } from "../models/tokenizer.ts";
+import { ModelWriter } from "../models/writer.ts";
+import type { RunContext, Stage, StageReport } from "../stages/job.ts";
+import { blockSink, blockSource, ChainLink, runStream, type SinkResult } from "../stages/stream.ts";
+import { type Device } from "../kernels/session.ts";
+import { deviceFlag, intFlag, type Options, Progress } from "./cli.ts";
+import { defaultSeqlen, modelDir, perplexity } from "./eval.ts";
+
+/** Everything a pipeline run needs. */
+export interface QuantizeRun {
+  /** Method name for the report (`rtn`, `gptq`, …). */
+  method: string;
+  wbits: number;
+  /** Run-time activation bits (16 = none). */
+  abits: number;
+  /** Weight group size (0 = per channel). */
+  groupSize: number;
+  model: string;
+  /** Output directory (fake-quantized model, learned state, report). */
+  out: string;
+  /** The method's stages, given the run context. */
+  stages: (ctx: RunContext) => Stage[];
+  /** Keep the full-precision teacher chain (needed by `capture()`). */
+  teacher?: boolean;
+  calib: { file: string; nsamples: number; seqlen?: number; seed: number };
+  eval: { files: string[]; windows?: number };
+  device?: Device;
+  /** Settings echoed into the report. */
+  settings?: Record<string, unknown>;
+  quiet?: boolean;
+}
+
+/** The run report (also written to `<out>/report.json`). */
+export interface QuantizeReport {
+  method: string;
+  wbits: number;
+  abits: number;
+  group_size: number;
+  bits_per_weight: number;
+  seconds: number;
+  peak_rss_bytes: number;
+  eval: Record<string, { fp: number; quant: number }>;
+  model: string;
+  out: string;
+  settings: Record<string, unknown>;
+  calibration: { file: string; nsamples: number; seqlen: number; seed: number; starts: number[] };
+  timing: Record<string, number>;
+  blocks: StageReport[];
+}
+
+/** Peak resident set size of this process (Linux VmHWM), else the current RSS. */
+export function peakRss(): number {
+  try {
+    const m = Deno.readTextFileSync("/proc/self/status").match(/VmHWM:\s+(\d+) kB/);
+    if (m) return Number(m[1]) * 1024;
+  } catch { /* not Linux */ }
+  return Deno.memoryUsage().rss;
+}
+
+/** Resolves `--eval` names: `val`, `wikitext2`, `c4`, or a path. */
+export function evalFile(name: string): string {
+  const known: Record<string, string> = {
+    val: "tinystories_val.txt",
+    tinystories: "tinystories_val.txt",
+    wikitext2: "wikitext2_test.txt",
+    c4: "c4_train_sample.jsonl",
+  };
+  return known[name] ? fixtureText(known[name]) : name;
+}
+
+/** Runs a quantization pipeline and returns its report. */
+export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
+  const t0 = performance.now();
+  const progress = new Progress(r.quiet);
+  const rt = new Runtime(r.device ?? "cpu");
+  const model = await openModel(r.model);
+  const timing: Record<string, number> = {};
+  const time = async <T>(key: string, f: () => Promise<T>): Promise<T> => {
+    const t = performance.now();
+    try {
+      return await f();
+    } finally {
+      timing[key] = (timing[key] ?? 0) + (performance.now() - t) / 1000;
+    }
+  };
+  let writer: ModelWriter | null = null;
+  try {
+    const c = model.config;
+    const seqlen = r.calib.seqlen ?? defaultSeqlen(model);
+    checkSeqlen(c, seqlen);
+    const tok = await loadTokenizer(await modelDir(r.model));
+    const evalIds = new Map<string, Int32Array>();
+    for (const f of r.eval.files) evalIds.set(f, await readDataset(f, tok));
+    const fp: Record<string, number> = {};
+    await time("eval_fp", async () => {
+      for (const [f, ids] of evalIds) {
+        progress.log(`evaluating the original model on ${f}`);
+        fp[f] = (await perplexity(rt, model, ids, { seqlen, maxWindows: r.eval.windows })).ppl;
+      }
+    });
+
+    const calibIds = await readDataset(r.calib.file, tok);
+    const calib = calibrationWindows(calibIds, r.calib.nsamples, seqlen, r.calib.seed);
+    progress.log(
+      `calibration: ${r.calib.nsamples} windows of ${seqlen} tokens from ${r.calib.file}`,
+    );
+    const ctx: RunContext = {
+      rt,
+      config: c,
+      seqlen,
+      abits: r.abits,
+      log: (m) => progress.log(m),
+    };
+    writer = await ModelWriter.create(r.out, c);
+    const table = await model.embedding();
+    await writer.add("model.embed_tokens.weight", table);
+    const link = new ChainLink();
+    const sink: SinkResult = { reports: [], storage: {} };
+    await time("quantize", () =>
+      runStream(
+        blockSource({
+          model,
+          ctx,
+          input: embed(table, calib.data, seqlen),
+          teacher: !!r.teacher,
+          link,
+        }),
+        r.stages(ctx),
+        blockSink(writer!, link, sink),
+      ));
+    await writer.finish(await model.finalNorm(), await model.head(), r.model, {
+      quantization_config: {
+        quant_method: `qllm-deno/${r.method}`,
+        bits: r.wbits,
+        group_size: r.groupSize || -1,
+        activation_bits: r.abits < 16 ? r.abits : null,
+        activation_scheme: r.abits < 16 ? "per-token dynamic asymmetric (fake)" : null,
+        fake_quantized: true,
+      },
+    });
+    writer = null;
+
+    const quant: Record<string, number> = {};
+    const outModel = await openModel(r.out);
+    try {
+      await time("eval_quant", async () => {
+        for (const [f, ids] of evalIds) {
+          progress.log(`evaluating the quantized model on ${f}`);
+          quant[f] = (await perplexity(rt, outModel, ids, { seqlen, maxWindows: r.eval.windows }))
+            .ppl;
+        }
+      });
+    } finally {
+      outModel.close();
+    }
+    const evalReport: QuantizeReport["eval"] = {};
+    for (const f of r.eval.files) {
+      evalReport[f.replace(/^.*\//, "")] = { fp: fp[f], quant: quant[f] };
+    }
+    let bits = 0, weights = 0;
+    for (const s of Object.values(sink.storage)) {
+      bits += s.bits;
+      weights += s.weights;
+    }
+    for (const rep of sink.reports) {
+      timing[`stage_${rep.stage}`] = (timing[`stage_${rep.stage}`] ?? 0) + rep.seconds;
+      for (const k of ["hessian_seconds", "quantize_seconds"]) {
+        if (typeof rep[k] === "number") timing[k] = (timing[k] ?? 0) + (rep[k] as number);
+      }
+    }
+    const report: QuantizeReport = {
+      method: r.method,
+      wbits: r.wbits,
+      abits: r.abits,
+      group_size: r.groupSize,
+      bits_per_weight: weights ? bits / weights : 32,
+      seconds: (performance.now() - t0) / 1000,
+      peak_rss_bytes: peakRss(),
+      eval: evalReport,
+      model: r.model,
+      out: r.out,
+      settings: r.settings ?? {},
+      calibration: { ...r.calib, seqlen, starts: calib.starts },
+      timing,
+      blocks: sink.reports,
+    };
+    const tmp = `${r.out}/report.json.tmp`;
+    await Deno.writeTextFile(tmp, JSON.stringify(report, null, 2) + "\n");
+    await Deno.rename(tmp, `${r.out}/report.json`);
+    for (const [name, e] of Object.entries(evalReport)) {
+      progress.log(`${name}: perplexity ${e.fp.toFixed(3)} → ${e.quant.toFixed(3)}`);
+    }
+    return report;
+  } finally {
+    await writer?.abort();
+    model.close();
+    await rt.release();
+  }
+}
+
+/** Flags every quantization pipeline accepts. */
+export const COMMON_FLAGS = {
+  model: { type: "string" },
+  out: { type: "string" },
+  calib: { type: "string" },
+  nsamples: { type: "string" },
+  seqlen: { type: "string" },
+  seed: { type: "string" },
+  eval: { type: "string" },
+  "eval-windows": { type: "string" },
+  device: { type: "string" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean" },
+  help: { type: "boolean" },
+} as const satisfies Options;
+
+/** Usage text of the common flags. */
+export const COMMON_USAGE = `common flags:
+  --model DIR          Hugging Face or llama2.c model (default: the tinystories-656k fixture)
+  --out DIR            output directory (default: out/<method>)
+  --calib FILE         calibration text: .txt, .jsonl (text) or chat .jsonl (messages)
+                       (default: the fixture tinystories_train_sample.txt)
+  --nsamples N         calibration windows (128)      --seqlen N   window length (256)
+  --seed N             calibration seed (0)
+  --eval A,B           evaluation files or val | wikitext2 (default: val)
+  --eval-windows N     evaluate the first N windows only (PROTOCOL.md's tables use 256)
+  --device D           cpu | webgpu | cuda (default cpu)
+  --json               print the report as one JSON object on stdout
+  --quiet              no progress on stderr`;
+
+/** Reads the common flags into the shared part of a {@linkcode QuantizeRun}. */
+export function commonRun(
+  f: Record<string, unknown>,
+  method: string,
+): Pick<QuantizeRun, "model" | "out" | "calib" | "eval" | "device" | "quiet"> {
+  return {
+    model: (f.model as string | undefined) ?? DEFAULT_MODEL,
+    out: (f.out as string | undefined) ?? `out/${method}`,
+    calib: {
+      file: (f.calib as string | undefined) ?? fixtureText("tinystories_train_sample.txt"),
+      nsamples: intFlag(f.nsamples, "--nsamples", 128),
+      seqlen: f.seqlen === undefined ? undefined : intFlag(f.seqlen, "--seqlen", 256, 2),
+      seed: intFlag(f.seed, "--seed", 0, 0),
+    },
+    eval: {
+      files: ((f.eval as string | undefined) ?? "val").split(",").filter((s) => s).map(evalFile),
+      windows: f["eval-windows"] === undefined
+        ? undefined
+        : intFlag(f["eval-windows"], "--eval-windows"),
+    },
+    device: deviceFlag(f.device),
+    quiet: !!f.quiet,
+  };
+}
+
+/** Prints the report: the whole JSON object with `--json`, else a short summary. */
+export function printReport(report: QuantizeReport, json: boolean): void {
+  if (json) {
+    console.log(JSON.stringify(report));
+    return;
+  }
+  console.log(
+    `${report.method} w${report.wbits}a${report.abits}` +
+      `${report.group_size ? ` g${report.group_size}` : ""}: ` +
+      `${report.bits_per_weight.toFixed(3)} bits/weight, ${report.seconds.toFixed(1)} s, ` +
+      `peak RSS ${(report.peak_rss_bytes / 2 ** 20).toFixed(0)} MiB → ${report.out}`,
+  );
+  for (const [name, e] of Object.entries(report.eval)) {
+    console.log(`  ${name}: perplexity ${e.fp.toFixed(4)} (fp) → ${e.quant.toFixed(4)}`);
+  }
+}

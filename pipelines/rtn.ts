@@ -1,0 +1,62 @@
+/**
+ * Round-to-nearest, the baseline every method is compared against: min-max weights per channel
+ * or group, and optional per-token activation quantization at run time.
+ * `deno run -A pipelines/rtn.ts --wbits 4 [--abits 8] [--group-size 32] …` (see `--help`).
+ * @module
+ */
+import { propagate } from "../stages/propagate.ts";
+import { rtn } from "../stages/weight_quant.ts";
+import { intFlag, parseFlags, runMain } from "./cli.ts";
+import {
+  COMMON_FLAGS,
+  COMMON_USAGE,
+  commonRun,
+  printReport,
+  type QuantizeReport,
+  runQuantization,
+} from "./quantize.ts";
+
+const USAGE = `usage: deno run -A pipelines/rtn.ts [--wbits 4] [--abits 16] [--group-size N] [--sym]
+       [--mse] [--allow-partial-group] [common flags]
+${COMMON_USAGE}`;
+
+/** Runs RTN from command-line flags. */
+export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefined> {
+  const f = parseFlags(argv, {
+    ...COMMON_FLAGS,
+    wbits: { type: "string" },
+    abits: { type: "string" },
+    "group-size": { type: "string" },
+    sym: { type: "boolean" },
+    mse: { type: "boolean" },
+    "allow-partial-group": { type: "boolean" },
+  }, USAGE);
+  if (f.help) {
+    console.log(USAGE);
+    return;
+  }
+  const bits = intFlag(f.wbits, "--wbits", 4, 2);
+  const abits = intFlag(f.abits, "--abits", 16, 2);
+  if (bits > 8 && bits < 16) throw new Error(`--wbits ${bits}: expected 2 to 8, or 16 (off)`);
+  const groupSize = intFlag(f["group-size"], "--group-size", 0, 0);
+  const o = {
+    bits,
+    groupSize,
+    sym: !!f.sym,
+    mse: !!f.mse,
+    allowPartialGroup: !!f["allow-partial-group"],
+  };
+  const report = await runQuantization({
+    ...commonRun(f, "rtn"),
+    method: "rtn",
+    wbits: bits,
+    abits,
+    groupSize,
+    settings: o,
+    stages: () => [rtn(o), propagate()],
+  });
+  printReport(report, !!f.json);
+  return report;
+}
+
+if (import.meta.main) await runMain(async (argv) => void await rtnMain(argv));

@@ -1,0 +1,91 @@
+/**
+ * What flows through a quantization pipeline: one {@linkcode BlockJob} per decoder block, in
+ * order. Stages read and replace fields of the job; everything a later stage needs travels on it.
+ * @module
+ */
+import type { Runtime } from "../kernels/session.ts";
+import type { Tensor } from "../kernels/tensor.ts";
+import type { ModelConfig } from "../models/config.ts";
+import type { BlockWeights } from "../models/model.ts";
+
+/**
+ * Calibration activations entering or leaving a block: [nsamples, seqlen, hidden].
+ * One tensor per chain; a chain is dropped as soon as the next block's inputs exist.
+ */
+export type Activations = Tensor;
+
+/** Learned state of one block: tensors saved to `learned.safetensors` under `model.layers.{i}.`. */
+export type LearnedState = Record<string, Tensor | { int32: Int32Array; shape: number[] }>;
+
+/** One stage's figures for the run report. */
+export interface StageReport {
+  stage: string;
+  block: number;
+  seconds: number;
+  /** Per linear layer (HF name relative to the block) figures, e.g. errors and bits. */
+  layers?: Record<string, Record<string, number | string | boolean>>;
+  /** Anything else (losses, thresholds, timings of sub-steps). */
+  [key: string]: unknown;
+}
+
+/** Settings shared by every stage of one run (read-only). */
+export interface RunContext {
+  rt: Runtime;
+  config: ModelConfig;
+  /** Calibration window length. */
+  seqlen: number;
+  /** Per-token activation quantization bits at run time (≥ 16: off). */
+  abits: number;
+  /** Progress sink (stderr). */
+  log: (msg: string) => void;
+}
+
+/** A decoder block on its way through the pipeline. */
+export interface BlockJob {
+  /** Decoder layer index. */
+  index: number;
+  ctx: RunContext;
+  /**
+   * This block's tensors. Stages replace entries with new tensors (fake-quantized, folded, …)
+   * and never write into a tensor's data, so `fpWeights` stays the original block at no cost.
+   */
+  weights: BlockWeights;
+  /** The block's original tensors (the teacher). */
+  fpWeights: BlockWeights;
+  /** Block inputs under the full-precision model (the teacher chain), when the run keeps it. */
+  fpIn?: Activations;
+  /** Block inputs under the model quantized so far (the student chain). */
+  qIn: Activations;
+  /** Teacher outputs (filled by the capture stage). */
+  fpOut?: Activations;
+  /** Student outputs through the quantized block (filled by the propagate stage). */
+  qOut?: Activations;
+  /** What stages decided (scales, zeros, g_idx, codebooks, …), saved per block. */
+  learned: LearnedState;
+  /** Bits actually stored per linear weight, for the run's bits-per-weight figure. */
+  storage: Record<string, { weights: number; bits: number }>;
+  report: StageReport[];
+}
+
+/** A pipeline stage: a Web Streams transform of block jobs. */
+export type Stage = TransformStream<BlockJob, BlockJob>;
+
+/**
+ * Makes a stage from an async function of one job. The stage times itself, appends its report
+ * (the function may return extra fields or per-layer figures) and logs progress.
+ */
+export function stage(
+  name: string,
+  fn: (job: BlockJob) => Promise<Partial<StageReport> | void>,
+): Stage {
+  return new TransformStream<BlockJob, BlockJob>({
+    async transform(job, controller) {
+      const t0 = performance.now();
+      job.ctx.log(`block ${job.index + 1}/${job.ctx.config.layers}: ${name}`);
+      const extra = (await fn(job)) ?? {};
+      const seconds = (performance.now() - t0) / 1000;
+      job.report.push({ ...extra, stage: name, block: job.index, seconds });
+      controller.enqueue(job);
+    },
+  });
+}

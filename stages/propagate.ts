@@ -1,0 +1,35 @@
+/**
+ * The two chain stages: `capture` runs the full-precision block on the teacher inputs (the
+ * targets of learned reconstruction), `propagate` runs the quantized block on the student inputs
+ * (the next block's inputs, with run-time activation quantization).
+ * @module
+ */
+import { runBlock } from "../models/forward.ts";
+import { type Stage, stage } from "./job.ts";
+
+/** Teacher outputs: the original block on the full-precision chain. */
+export function capture(): Stage {
+  return stage("capture", async (job) => {
+    if (!job.fpIn) throw new Error("capture(): this run keeps no teacher chain (teacher: true)");
+    job.fpOut = await runBlock(job.ctx.rt, job.ctx.config, job.fpWeights, job.fpIn);
+  });
+}
+
+/** Student outputs: the block as quantized so far, on the quantized chain. */
+export function propagate(): Stage {
+  return stage("propagate", async (job) => {
+    job.qOut = await runBlock(job.ctx.rt, job.ctx.config, job.weights, job.qIn, {
+      abits: job.ctx.abits,
+    });
+    if (job.fpOut && job.fpOut.data.length === job.qOut.data.length) {
+      let num = 0, den = 0;
+      const a = job.qOut.data, b = job.fpOut.data;
+      for (let i = 0; i < a.length; i++) {
+        const d = a[i] - b[i];
+        num += d * d;
+        den += b[i] * b[i];
+      }
+      return { output_rel_mse: num / den };
+    }
+  });
+}

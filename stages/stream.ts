@@ -1,0 +1,134 @@
+/**
+ * The block stream: a source that yields one {@linkcode BlockJob} per decoder block and a sink
+ * that writes each finished block. The source yields block i+1 only once the sink has received
+ * block i (whose propagated outputs are block i+1's inputs), so at most one block's activations
+ * and the next block's prefetched weights are alive, whatever the model's depth.
+ * @module
+ */
+import type { BlockWeights, ModelSource } from "../models/model.ts";
+import type { ModelWriter } from "../models/writer.ts";
+import type { Activations, BlockJob, RunContext, Stage, StageReport } from "./job.ts";
+
+/** Hands a finished block's outputs from the sink back to the source. */
+export class ChainLink {
+  #pending = new Map<number, PromiseWithResolvers<{ fp?: Activations; q: Activations }>>();
+
+  #slot(i: number) {
+    let s = this.#pending.get(i);
+    if (!s) {
+      s = Promise.withResolvers();
+      this.#pending.set(i, s);
+    }
+    return s;
+  }
+
+  /** Block `i`'s inputs, once block i−1 has reached the sink. */
+  take(i: number): Promise<{ fp?: Activations; q: Activations }> {
+    const p = this.#slot(i).promise;
+    p.then(() => this.#pending.delete(i), () => this.#pending.delete(i));
+    return p;
+  }
+
+  /** Delivers block `i`'s inputs. */
+  put(i: number, inputs: { fp?: Activations; q: Activations }): void {
+    this.#slot(i).resolve(inputs);
+  }
+
+  /** Fails every waiting source (the pipeline broke). */
+  fail(e: unknown): void {
+    for (const s of this.#pending.values()) s.reject(e);
+  }
+}
+
+/** Where the stream starts. */
+export interface SourceOptions {
+  model: ModelSource;
+  ctx: RunContext;
+  /** Block-0 inputs of the student chain (the embedded calibration windows). */
+  input: Activations;
+  /** Keep a full-precision teacher chain (block-0 teacher input = `input`). */
+  teacher: boolean;
+  link: ChainLink;
+}
+
+/** The stream of block jobs, reading each block's weights while the previous one computes. */
+export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
+  const layers = o.model.config.layers;
+  let i = 0;
+  let prefetch: Promise<BlockWeights> | null = null;
+  return new ReadableStream<BlockJob>({
+    async pull(controller) {
+      if (i >= layers) {
+        controller.close();
+        return;
+      }
+      const weights = await (prefetch ?? o.model.block(i));
+      const inputs = i === 0
+        ? { fp: o.teacher ? o.input : undefined, q: o.input }
+        : await o.link.take(i);
+      if (i + 1 < layers) prefetch = o.model.block(i + 1);
+      controller.enqueue({
+        index: i,
+        ctx: o.ctx,
+        weights,
+        fpWeights: { ...weights },
+        fpIn: inputs.fp,
+        qIn: inputs.q,
+        learned: {},
+        storage: {},
+        report: [],
+      });
+      i++;
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** What the sink hands back when the stream ends. */
+export interface SinkResult {
+  reports: StageReport[];
+  storage: Record<string, { weights: number; bits: number }>;
+}
+
+/**
+ * The end of the stream: writes each block's weights and learned state, collects its reports,
+ * and passes its outputs on as the next block's inputs.
+ */
+export function blockSink(
+  writer: ModelWriter,
+  link: ChainLink,
+  result: SinkResult,
+): WritableStream<BlockJob> {
+  return new WritableStream<BlockJob>({
+    async write(job) {
+      if (!job.qOut) {
+        throw new Error(`block ${job.index}: no stage propagated its outputs (add propagate())`);
+      }
+      if (job.fpIn && !job.fpOut) {
+        throw new Error(`block ${job.index}: the teacher chain has no outputs (add capture())`);
+      }
+      await writer.addBlock(job.index, job.weights);
+      for (const [k, t] of Object.entries(job.learned)) {
+        await writer.addLearned(`model.layers.${job.index}.${k}`, t);
+      }
+      result.reports.push(...job.report);
+      for (const [k, v] of Object.entries(job.storage)) {
+        result.storage[`model.layers.${job.index}.${k}`] = v;
+      }
+      link.put(job.index + 1, { fp: job.fpOut, q: job.qOut });
+    },
+    abort(reason) {
+      link.fail(reason);
+    },
+  });
+}
+
+/** Pipes the source through `stages` into the sink. */
+export async function runStream(
+  source: ReadableStream<BlockJob>,
+  stages: Stage[],
+  sink: WritableStream<BlockJob>,
+): Promise<void> {
+  let s = source;
+  for (const st of stages) s = s.pipeThrough(st);
+  await s.pipeTo(sink);
+}
