@@ -18,7 +18,10 @@ const f32 = Math.fround;
 
 /** The weight as the column loop sees it, handed to a {@linkcode ColumnQuantizerFactory}. */
 export interface PreparedWeight {
-  /** Column-major `[cols][rows]` in processing order, dead columns zeroed. Do not modify. */
+  /**
+   * Column-major `[cols][rows]` in processing order, dead columns zeroed, before any error
+   * feedback. Read it during the factory call only (the sweep updates it in place).
+   */
   columns: Float32Array;
   rows: number;
   cols: number;
@@ -108,6 +111,12 @@ export async function gptq(
   const { bits, actOrder } = opts;
   const sym = opts.sym ?? false, mse = opts.mse ?? false;
   const blockSize = opts.blockSize ?? 128;
+  if (!Number.isInteger(blockSize) || blockSize < 1) {
+    throw new Error(`gptq: bad block size ${blockSize}`);
+  }
+  if (!Number.isInteger(opts.groupSize)) {
+    throw new Error(`--group-size: ${opts.groupSize} is not an integer`);
+  }
   const g = opts.groupSize > 0 ? opts.groupSize : 0;
   const staticGroups = opts.staticGroups && g > 0;
 

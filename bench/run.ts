@@ -83,6 +83,8 @@ export function hostInfo(): Record<string, unknown> {
     arch: Deno.build.arch,
     cpus: navigator.hardwareConcurrency,
     onnxruntime: ort.env.versions.common,
+    /** 1, 5 and 15 minute load averages: other work on the machine skews every timing. */
+    loadavg: Deno.loadavg(),
   };
 }
 
@@ -136,6 +138,7 @@ async function main(argv: string[]) {
   }
   const selected = selectBenchmarks(f.only as string | undefined);
   const out = (f.out as string | undefined) ?? DEFAULT_OUT;
+  const host = hostInfo();
   const rt = new Runtime("cpu");
   const progress = new Progress();
   let benchmarks: Record<string, BenchOutcome>;
@@ -144,7 +147,11 @@ async function main(argv: string[]) {
   } finally {
     await rt.release();
   }
-  const results: BenchResults = { created: new Date().toISOString(), host: hostInfo(), benchmarks };
+  const results: BenchResults = {
+    created: new Date().toISOString(),
+    host: { ...host, loadavg_after: Deno.loadavg() },
+    benchmarks,
+  };
   await writeJsonAtomic(out, results);
   console.log(formatTable(benchmarks));
   progress.log(`results written to ${out}`);

@@ -71,8 +71,17 @@ export class Runtime {
       intraOpNumThreads: this.#threads,
       interOpNumThreads: 1,
       graphOptimizationLevel: "all",
-      // One arena per session keeps its peak forever; many cached graphs would multiply it.
-      enableCpuMemArena: false,
+      executionMode: "sequential",
+      // Without the arena, every run mmaps its large buffers afresh and runs up to 7× slower.
+      // Each session's arena keeps its own peak, so graphs are built for small batches
+      // (models/forward.ts) and grown only by what is requested.
+      enableCpuMemArena: true,
+      extra: {
+        session: {
+          // Spinning worker threads would take the cores from the TypeScript loops between runs.
+          intra_op: { allow_spinning: "0" },
+        },
+      },
     };
     try {
       return await ort.InferenceSession.create(bytes, opts);

@@ -67,13 +67,15 @@ export interface BlockRunOptions {
 }
 
 /**
- * Windows per block-graph run that keep the graph's live intermediates near 64 MB (attention
- * scores dominate: about four [heads, T, T] tensors alive at once per window).
+ * Windows per block-graph run: each intermediate tensor is kept under ~16 MB, since every cached
+ * session's memory arena keeps its own peak; larger batches were no faster on the CPU.
  */
 export function defaultBatch(c: ModelConfig, seqlen: number): number {
-  const perWindow = 4 * (c.heads * seqlen * seqlen * 4 +
-    seqlen * (c.hidden * 8 + c.intermediate * 4 + c.heads * c.headDim * 4));
-  return Math.max(1, Math.min(64, Math.floor(64e6 / perWindow)));
+  const largest = 4 * Math.max(
+    c.heads * seqlen * seqlen,
+    seqlen * Math.max(c.intermediate, c.hidden, c.heads * c.headDim),
+  );
+  return Math.max(1, Math.min(64, Math.floor(16e6 / largest)));
 }
 
 /** Runs one decoder block over x [W, T, d] and returns its output [W, T, d]. */
@@ -89,26 +91,27 @@ export async function runBlock(
   const { cos, sin } = ropeTables(c, T);
   const mask = causalMask(T);
   const out = new Float32Array(x.data.length);
+  // One graph for every batch: a short last batch is padded (one cached session, one arena).
+  const graph = buildBlockGraph(c, { batch: B, seqlen: T, abits: o.abits, capture: !!o.onCapture });
   for (let w0 = 0; w0 < W; w0 += B) {
     const b = Math.min(B, W - w0);
-    const graph = buildBlockGraph(c, {
-      batch: b,
-      seqlen: T,
-      abits: o.abits,
-      capture: !!o.onCapture,
-    });
-    const feeds: Record<string, Tensor> = {
-      x: { data: x.data.subarray(w0 * T * d, (w0 + b) * T * d), shape: [b, T, d] },
-      cos,
-      sin,
-      mask,
-    };
+    let xb = x.data.subarray(w0 * T * d, (w0 + b) * T * d);
+    if (b < B) {
+      const padded = new Float32Array(B * T * d);
+      padded.set(xb);
+      xb = padded;
+    }
+    const feeds: Record<string, Tensor> = { x: { data: xb, shape: [B, T, d] }, cos, sin, mask };
     for (const [name, t] of Object.entries(weights)) feeds[name] = t;
     const r = await rt.run(graph, feeds);
-    out.set(r.y.data, w0 * T * d);
+    out.set(r.y.data.subarray(0, b * T * d), w0 * T * d);
     if (o.onCapture) {
       const cap = {} as Record<CapturePoint, Tensor>;
-      for (const p of CAPTURE_POINTS) cap[p] = r[p];
+      for (const p of CAPTURE_POINTS) {
+        const t = r[p];
+        const k = t.shape[1];
+        cap[p] = b < B ? { data: t.data.subarray(0, b * T * k), shape: [b * T, k] } : t;
+      }
       await o.onCapture(cap, w0);
     }
   }
@@ -126,9 +129,10 @@ export async function windowNll(
   head: Tensor,
   x: Tensor,
   ids: ArrayLike<number>,
-  batch = 8,
+  batch?: number,
 ): Promise<Float64Array> {
   const [W, T, d] = x.shape;
+  batch ??= Math.max(1, Math.min(64, Math.floor(16e6 / (4 * T * c.vocab))));
   const result = new Float64Array(W);
   for (let w0 = 0; w0 < W; w0 += batch) {
     const b = Math.min(batch, W - w0);

@@ -1,15 +1,17 @@
 /**
  * Tokenizers for the two model formats (PROTOCOL §2):
  *
- * - Hugging Face `tokenizer.json` through npm `@huggingface/tokenizers@0.2.0`, used as-is over the
- *   whole text (no splitting: the fixture tokenizer has no pre-tokenizer, so the whole text is one
- *   BPE word and any split could change the merges).
+ * - Hugging Face `tokenizer.json`: BPE tokenizers through `bpe.ts`, which gives the ids of npm
+ *   `@huggingface/tokenizers@0.2.0` exactly, fast (O(n log n) merges: the fixture tokenizer has no
+ *   pre-tokenizer, so a whole text is one BPE word); anything `bpe.ts` does not implement through
+ *   that library itself. Both run over the whole text (no splitting, which could change merges).
  * - llama2.c `tok*.bin`, with run.c's `encode()` reimplemented in O(n log n) (heap over adjacent
  *   pairs + doubly linked list + lazy invalidation) and run.c's `decode()`.
  * @module
  */
 
 import { Tokenizer } from "@huggingface/tokenizers";
+import { BpeTokenizer, UnsupportedTokenizerError } from "./bpe.ts";
 import { fixtureModel } from "../fixtures/paths.ts";
 
 /** What the rest of the toolkit needs from a tokenizer. */
@@ -71,16 +73,44 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** Encode, decode (special tokens skipped) and token lookup of a Hugging Face tokenizer. */
+interface HfCore {
+  encode(text: string): number[];
+  decode(ids: number[]): string;
+  token_to_id(token: string): number | undefined;
+}
+
+/** `bpe.ts` when it implements everything the tokenizer uses, else the npm library. */
+function hfCore(tokenizerJson: Record<string, unknown>, config: Record<string, unknown>): HfCore {
+  try {
+    const fast = new BpeTokenizer(tokenizerJson, config);
+    return {
+      encode: (text) => fast.encode(text),
+      decode: (ids) => fast.decode(ids, { skipSpecialTokens: true }),
+      token_to_id: (token) => fast.tokenToId(token),
+    };
+  } catch (e) {
+    if (!(e instanceof UnsupportedTokenizerError)) throw e;
+  }
+  const tok = new Tokenizer(tokenizerJson, config);
+  return {
+    encode: (text) => tok.encode(text).ids,
+    decode: (ids) => tok.decode(ids, { skip_special_tokens: true }),
+    token_to_id: (token) => tok.token_to_id(token),
+  };
+}
+
 /**
  * Loads a Hugging Face tokenizer directory (`tokenizer.json`, optional `tokenizer_config.json`).
- * `encode` = `new Tokenizer(tokenizerJson, tokenizerConfig).encode(text).ids` with the default
- * `add_special_tokens` (the post-processor adds the BOS).
+ * `encode` = `new Tokenizer(tokenizerJson, tokenizerConfig).encode(text).ids` of npm
+ * `@huggingface/tokenizers` with the default `add_special_tokens` (the post-processor adds the
+ * BOS), computed by `bpe.ts` when it supports the tokenizer.
  */
 export async function loadHfTokenizer(dir: string): Promise<TextTokenizer> {
   const tokenizerJson = await readJson(`${dir}/tokenizer.json`);
   const configPath = `${dir}/tokenizer_config.json`;
   const config = (await exists(configPath)) ? await readJson(configPath) : {};
-  const tok = new Tokenizer(tokenizerJson, config);
+  const tok = hfCore(tokenizerJson, config);
 
   const bosToken = tokenText(config.bos_token);
   const eosToken = tokenText(config.eos_token);
@@ -97,9 +127,8 @@ export async function loadHfTokenizer(dir: string): Promise<TextTokenizer> {
   const chatTemplate = pickChatTemplate(config.chat_template);
 
   return {
-    encode: (text: string): number[] => tok.encode(text).ids,
-    decode: (ids: number[]): string =>
-      ids.length === 0 ? "" : tok.decode(ids, { skip_special_tokens: true }),
+    encode: (text: string): number[] => tok.encode(text),
+    decode: (ids: number[]): string => ids.length === 0 ? "" : tok.decode(ids),
     bos,
     eos,
     vocabSize,

@@ -42,6 +42,25 @@ export interface QuantizeRun {
   /** Settings echoed into the report. */
   settings?: Record<string, unknown>;
   quiet?: boolean;
+  /** Reuses tokenized texts and full-precision perplexities across runs in one process. */
+  cache?: RunCache;
+}
+
+/**
+ * Memo of the work that repeats between runs on the same model and data (tokenizing texts,
+ * evaluating the original model), for sweeps and tests that run many configurations.
+ */
+export class RunCache {
+  readonly ids: Map<string, Int32Array> = new Map();
+  readonly fpPpl: Map<string, number> = new Map();
+
+  /** Memoizes `f` under `key` in `map`. */
+  async memo<T>(map: Map<string, T>, key: string, f: () => Promise<T>): Promise<T> {
+    if (map.has(key)) return map.get(key)!;
+    const v = await f();
+    map.set(key, v);
+    return v;
+  }
 }
 
 /** The run report (also written to `<out>/report.json`). */
@@ -103,17 +122,26 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     const seqlen = r.calib.seqlen ?? defaultSeqlen(model);
     checkSeqlen(c, seqlen);
     const tok = await loadTokenizer(await modelDir(r.model));
+    const cache = r.cache ?? new RunCache();
+    const tokenized = (f: string) =>
+      cache.memo(cache.ids, `${r.model}\0${f}`, () => readDataset(f, tok));
     const evalIds = new Map<string, Int32Array>();
-    for (const f of r.eval.files) evalIds.set(f, await readDataset(f, tok));
+    for (const f of r.eval.files) evalIds.set(f, await tokenized(f));
     const fp: Record<string, number> = {};
     await time("eval_fp", async () => {
       for (const [f, ids] of evalIds) {
-        progress.log(`evaluating the original model on ${f}`);
-        fp[f] = (await perplexity(rt, model, ids, { seqlen, maxWindows: r.eval.windows })).ppl;
+        fp[f] = await cache.memo(
+          cache.fpPpl,
+          `${r.model}\0${f}\0${seqlen}\0${r.eval.windows}`,
+          async () => {
+            progress.log(`evaluating the original model on ${f}`);
+            return (await perplexity(rt, model, ids, { seqlen, maxWindows: r.eval.windows })).ppl;
+          },
+        );
       }
     });
 
-    const calibIds = await readDataset(r.calib.file, tok);
+    const calibIds = await tokenized(r.calib.file);
     const calib = calibrationWindows(calibIds, r.calib.nsamples, seqlen, r.calib.seed);
     progress.log(
       `calibration: ${r.calib.nsamples} windows of ${seqlen} tokens from ${r.calib.file}`,

@@ -624,11 +624,11 @@ Deno.test("interleavedToHalf is a row permutation that makes interleaved RoPE ex
 
 /** Layer `i` of a llama2.c checkpoint read straight from the file (PROTOCOL §1), unpermuted. */
 async function rawLlama2cBlock(path: string, i: number) {
-  const bytes = await Deno.readFile(path);
-  const h = new Int32Array(bytes.buffer, 0, 7);
+  const buf = (await Deno.readFile(path)).slice().buffer; // own, 4-byte aligned buffer
+  const h = new Int32Array(buf, 0, 7);
   const [dim, hidden, layers, heads, kvHeads, vocabSigned] = h;
   const vocab = Math.abs(vocabSigned), kv = (dim / heads) * kvHeads;
-  const f = new Float32Array(bytes.buffer, 28, (bytes.length - 28) / 4);
+  const f = new Float32Array(buf, 28, (buf.byteLength - 28) / 4);
   let at = 0;
   const section = (per: number, shape: number[]): Tensor => {
     const t = { data: f.slice(at + i * per, at + (i + 1) * per), shape };

@@ -66,6 +66,13 @@ Deno.test("kmeans1d: deterministic Lloyd fixed point, nearest-centroid assignmen
     if (j > 0) assert.ok(f.centroids[j] >= f.centroids[j - 1]);
     if (cnt[j] > 0) assert.ok(Math.abs(sum[j] / cnt[j] - f.centroids[j]) < 1e-9, `centroid ${j}`);
   }
+  // A lone outlier on each side gets its own centroid (a quantile start alone merges them).
+  const lone = Float32Array.from({ length: 256 }, () => 0.05 * rng.normal());
+  lone[10] = 1.1;
+  lone[20] = -0.7;
+  const l = kmeans1d(lone, 4);
+  assert.equal(l.centroids[0], Math.fround(-0.7));
+  assert.equal(l.centroids[3], Math.fround(1.1));
   const few = kmeans1d([2, 2, 1, 2, 1], 4);
   assert.deepEqual(Array.from(few.centroids), [1, 2, 2, 2]);
   assert.deepEqual(Array.from(few.assignment), [1, 1, 0, 1, 0]);
@@ -110,6 +117,9 @@ Deno.test("CLAQ hits its average-bit targets and counts its overheads honestly",
     const mean = res.columnBits.reduce((s, b) => s + b, 0) / cols;
     assert.equal(mean, res.averageBits);
     assert.ok(res.bitsPerWeight > target, `bits per weight ${res.bitsPerWeight}`);
+    let storage = res.outlierCount * (16 + 8); // fp16 value + 8-bit row index (256 rows)
+    for (const b of res.columnBits) storage += rows * b + 16 * 2 ** b;
+    assert.ok(Math.abs(res.bitsPerWeight - storage / (rows * cols)) < 1e-12);
     // Each column's own ratio: 10% of columns keep round(256·0.014) = 4 per tail, others 1.
     assert.equal(res.outlierCount, 2 * (32 * 4 + 288 * 1));
     assert.ok(res.weight.data.every(Number.isFinite));

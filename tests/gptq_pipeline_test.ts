@@ -1,0 +1,73 @@
+/**
+ * GPTQ through the whole block stream against every GPTQ row of the reference run (PROTOCOL.md
+ * §8): per channel and groups of 32, with and without act-order, static groups and
+ * true-sequential, on both fixtures. GPTQ is chaotic at low bits (PROTOCOL.md §9), so the
+ * perplexity bands are ±0.5 % at W4, ±2 % at W3 and ±10 % at W2; without act-order at W4 the
+ * per-layer GPTQ losses are compared too.
+ */
+import assert from "node:assert/strict";
+import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
+import { propagate } from "../stages/propagate.ts";
+import { gptqStage } from "../stages/weight_quant.ts";
+import { RunCache, runQuantization } from "../pipelines/quantize.ts";
+import { REFERENCE_MODELS, referenceRuns } from "./reference.ts";
+
+const BAND: Record<number, number> = { 4: 0.005, 3: 0.02, 2: 0.1 };
+
+for (const name of REFERENCE_MODELS) {
+  Deno.test(`GPTQ rows of the reference on ${name}`, async (t) => {
+    const cache = new RunCache();
+    const tmp = await Deno.makeTempDir();
+    try {
+      for (const ref of referenceRuns(name).filter((r) => r.method === "gptq")) {
+        await t.step(ref.name, async () => {
+          const groupSize = ref.groupsize > 0 ? ref.groupsize : 0;
+          const o = {
+            bits: ref.wbits,
+            groupSize,
+            actOrder: ref.act_order,
+            staticGroups: ref.static_groups,
+            trueSequential: ref.true_sequential,
+            allowPartialGroup: true,
+          };
+          const report = await runQuantization({
+            method: "gptq",
+            wbits: ref.wbits,
+            abits: 16,
+            groupSize,
+            model: fixtureModel(name),
+            out: `${tmp}/${ref.name.replaceAll(" ", "_")}`,
+            calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 128, seed: 0 },
+            eval: { files: [fixtureText("tinystories_val.txt")], windows: 256 },
+            stages: () => [gptqStage(o), propagate()],
+            quiet: true,
+            cache,
+          });
+          const got = report.eval["tinystories_val.txt"].quant;
+          const want = ref.eval.val.ppl;
+          const rel = (got - want) / want;
+          console.log(
+            `${name} ${ref.name}: ${got.toFixed(3)} vs ${want.toFixed(3)} (${
+              (100 * rel).toFixed(2)
+            } %)`,
+          );
+          assert.ok(Math.abs(rel) < BAND[ref.wbits], `${ref.name}: ppl ${got} vs ${want}`);
+          if (ref.wbits === 4 && !ref.act_order && ref.gptq_layer_error) {
+            for (const b of report.blocks.filter((b) => b.stage === "gptq")) {
+              for (const [layer, fig] of Object.entries(b.layers ?? {})) {
+                const w = ref.gptq_layer_error[`layers.${b.block}.${layer}`];
+                const g = fig.gptq_error as number;
+                assert.ok(
+                  Math.abs(g - w) / w < 0.01,
+                  `layers.${b.block}.${layer}: loss ${g} vs ${w}`,
+                );
+              }
+            }
+          }
+        });
+      }
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  });
+}
