@@ -11,8 +11,10 @@
  * rules rather than Rust's: Metaspace never splits into words, `Digits` only knows ASCII digits,
  * `fuse_unk` fuses unknown tokens across words, `dropout` is ignored.
  *
- * The merge step is O(n log n) in the length of a word: a linked list of symbols and a binary
- * heap of candidate pairs keyed by (merge rank, position), stale entries skipped when popped.
+ * The merge step is O(n log n) in the length of a word: a linked list of symbols and a priority
+ * queue of candidate pairs keyed by (merge rank, position), stale entries skipped when popped
+ * (one binary heap for short words; per-rank position lists and heaps for long ones, such as a
+ * whole text when there is no pre-tokenizer). Results of short words are cached.
  * @module
  */
 
@@ -554,6 +556,8 @@ class PairTable {
   readonly #right: Int32Array;
   readonly rank: Int32Array;
   readonly merged: Int32Array;
+  /** One more than the largest rank set. */
+  rankCount = 0;
   readonly #mask: number;
 
   constructor(expected: number) {
@@ -582,6 +586,7 @@ class PairTable {
     this.#right[h] = b;
     this.rank[h] = rank;
     this.merged[h] = merged;
+    this.rankCount = Math.max(this.rankCount, rank + 1);
   }
 
   /** Slot of the merge of (a, b), or -1. */
@@ -591,15 +596,26 @@ class PairTable {
   }
 }
 
-/** A binary min-heap of doubles. */
+/** A queue of adjacent pairs keyed by (merge rank, position of the left symbol). */
+interface PairQueue {
+  /** Adds the pair at `pos` with merge rank `rank`. */
+  push(rank: number, pos: number): void;
+  /** Removes the least entry and returns its position (-1: empty); its rank is then `rank`. */
+  pop(): number;
+  /** Rank of the entry last popped. */
+  rank: number;
+}
+
+/** A binary min-heap of doubles, grown as needed. */
 class MinHeap {
   #keys: Float64Array;
-  size = 0;
+  size: number;
 
+  /** Heapifies `keys[0..size)` (the array is taken over). */
   constructor(keys: Float64Array, size: number) {
     this.#keys = keys;
     this.size = size;
-    for (let i = (size >> 1) - 1; i >= 0; i--) this.#down(i);
+    for (let i = (size >> 1) - 1; i >= 0; i--) this.#down(i, keys[i]);
   }
 
   push(key: number): void {
@@ -621,18 +637,14 @@ class MinHeap {
 
   /** Removes and returns the smallest key (size must be > 0). */
   pop(): number {
-    const k = this.#keys;
-    const top = k[0];
-    const last = k[--this.size];
-    if (this.size > 0) {
-      k[0] = last;
-      this.#down(0);
-    }
+    const top = this.#keys[0];
+    const last = this.#keys[--this.size];
+    if (this.size > 0) this.#down(0, last);
     return top;
   }
 
-  #down(i: number): void {
-    const k = this.#keys, n = this.size, key = k[i];
+  #down(i: number, key: number): void {
+    const k = this.#keys, n = this.size;
     while (true) {
       let c = 2 * i + 1;
       if (c >= n) break;
@@ -645,14 +657,156 @@ class MinHeap {
   }
 }
 
+/** A binary min-heap of int32 values, grown as needed. */
+class IntHeap {
+  #v: Int32Array;
+  size = 0;
+
+  constructor(capacity: number) {
+    this.#v = new Int32Array(Math.max(4, capacity));
+  }
+
+  /** The smallest value (size must be > 0). */
+  peek(): number {
+    return this.#v[0];
+  }
+
+  push(x: number): void {
+    if (this.size === this.#v.length) {
+      const grown = new Int32Array(this.#v.length * 2);
+      grown.set(this.#v);
+      this.#v = grown;
+    }
+    const v = this.#v;
+    let i = this.size++;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (v[p] <= x) break;
+      v[i] = v[p];
+      i = p;
+    }
+    v[i] = x;
+  }
+
+  /** Removes and returns the smallest value (size must be > 0). */
+  pop(): number {
+    const v = this.#v, top = v[0], x = v[--this.size], n = this.size;
+    if (n === 0) return top;
+    let i = 0;
+    while (true) {
+      let c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && v[c + 1] < v[c]) c++;
+      if (v[c] >= x) break;
+      v[i] = v[c];
+      i = c;
+    }
+    v[i] = x;
+    return top;
+  }
+}
+
+/** Short words: one heap of `rank * n + position` keys. */
+class KeyQueue implements PairQueue {
+  readonly #heap: MinHeap;
+  readonly #n: number;
+  rank = -1;
+
+  /** `ranks[i]`: rank of the initial pair at position i (-1: none). */
+  constructor(ranks: Int32Array, n: number) {
+    const keys = new Float64Array(n);
+    let count = 0;
+    for (let i = 0; i < n; i++) if (ranks[i] >= 0) keys[count++] = ranks[i] * n + i;
+    this.#heap = new MinHeap(keys, count);
+    this.#n = n;
+  }
+
+  push(rank: number, pos: number): void {
+    this.#heap.push(rank * this.#n + pos);
+  }
+
+  pop(): number {
+    if (this.#heap.size === 0) return -1;
+    const key = this.#heap.pop();
+    const pos = key % this.#n;
+    this.rank = (key - pos) / this.#n;
+    return pos;
+  }
+}
+
+/**
+ * Long words: per rank, the initial positions in ascending order (counting sort) and a heap of
+ * the positions pushed later; a heap of the ranks that may have entries on top. Pops walk
+ * memory mostly in order, which a single heap of a million entries does not.
+ */
+class RankQueue implements PairQueue {
+  readonly #list: Int32Array;
+  readonly #head: Int32Array;
+  readonly #end: Int32Array;
+  readonly #later: (IntHeap | undefined)[];
+  readonly #ranks: IntHeap;
+  readonly #queued: Uint8Array;
+  rank = -1;
+
+  /** `ranks[i]`: rank (< `rankCount`) of the initial pair at position i (-1: none). */
+  constructor(ranks: Int32Array, n: number, rankCount: number) {
+    const start = new Int32Array(rankCount + 1);
+    for (let i = 0; i < n; i++) if (ranks[i] >= 0) start[ranks[i] + 1]++;
+    for (let r = 0; r < rankCount; r++) start[r + 1] += start[r];
+    this.#head = start.slice(0, rankCount);
+    this.#end = start.slice(1);
+    this.#list = new Int32Array(start[rankCount]);
+    const fill = this.#head.slice();
+    for (let i = 0; i < n; i++) if (ranks[i] >= 0) this.#list[fill[ranks[i]]++] = i;
+    this.#later = new Array(rankCount);
+    this.#ranks = new IntHeap(64);
+    this.#queued = new Uint8Array(rankCount);
+    for (let r = 0; r < rankCount; r++) if (this.#head[r] < this.#end[r]) this.#queueRank(r);
+  }
+
+  #queueRank(r: number): void {
+    this.#queued[r] = 1;
+    this.#ranks.push(r);
+  }
+
+  push(rank: number, pos: number): void {
+    (this.#later[rank] ??= new IntHeap(8)).push(pos);
+    if (!this.#queued[rank]) this.#queueRank(rank);
+  }
+
+  pop(): number {
+    while (this.#ranks.size > 0) {
+      const r = this.#ranks.peek();
+      const later = this.#later[r];
+      const h = this.#head[r];
+      const hasLater = later !== undefined && later.size > 0;
+      if (h < this.#end[r] && (!hasLater || this.#list[h] < later.peek())) {
+        this.#head[r] = h + 1;
+        this.rank = r;
+        return this.#list[h];
+      }
+      if (hasLater) {
+        this.rank = r;
+        return later.pop();
+      }
+      this.#queued[this.#ranks.pop()] = 0;
+    }
+    return -1;
+  }
+}
+
+/** Words at least this long (and not much shorter than the merge list) use a {@link RankQueue}. */
+const RANK_QUEUE_MIN = 1024;
+
 /**
  * Applies BPE merges to `syms[0..n)` in place and returns the new length: repeatedly the pair
  * with the lowest merge rank, the leftmost on ties, is replaced by its merged symbol.
  *
  * Symbols form a linked list indexed by their first character's position; `rank[l]`/`merged[l]`
- * describe the pair now starting at `l` (rank -1: none). Heap keys are `rank * n + l`. A popped
- * key is acted on when the pair now at `l` has that rank: then it is the best pair, whichever
- * entry announced it; other entries are stale and skipped.
+ * describe the pair now starting at `l` (rank -1: none). A popped (rank, l) is acted on when the
+ * pair now at `l` has that rank: then it is the best pair, whichever entry announced it; other
+ * entries are stale and skipped. A merge never recreates a pair of its own rank (the merged
+ * symbol is longer than both parts), so a pair is merged at most once per entry.
  */
 function mergeSymbols(syms: Int32Array, n: number, pairs: PairTable): number {
   if (n < 2) return n;
@@ -660,8 +814,6 @@ function mergeSymbols(syms: Int32Array, n: number, pairs: PairTable): number {
   const prev = new Int32Array(n);
   const rank = new Int32Array(n).fill(-1);
   const merged = new Int32Array(n);
-  const keys = new Float64Array(n);
-  let count = 0;
   for (let i = 0; i < n; i++) {
     next[i] = i + 1 < n ? i + 1 : -1;
     prev[i] = i - 1;
@@ -669,21 +821,20 @@ function mergeSymbols(syms: Int32Array, n: number, pairs: PairTable): number {
     if (slot >= 0) {
       rank[i] = pairs.rank[slot];
       merged[i] = pairs.merged[slot];
-      keys[count++] = rank[i] * n + i;
     }
   }
-  const heap = new MinHeap(keys, count);
+  const queue: PairQueue = n >= RANK_QUEUE_MIN && 4 * n >= pairs.rankCount
+    ? new RankQueue(rank, n, pairs.rankCount)
+    : new KeyQueue(rank, n);
   const update = (l: number): void => {
     const slot = pairs.find(syms[l], syms[next[l]]);
     rank[l] = slot < 0 ? -1 : pairs.rank[slot];
     if (slot < 0) return;
     merged[l] = pairs.merged[slot];
-    heap.push(rank[l] * n + l);
+    queue.push(rank[l], l);
   };
-  while (heap.size > 0) {
-    const key = heap.pop();
-    const l = key % n;
-    if (next[l] < 0 || rank[l] !== (key - l) / n) continue; // dead, last, or stale
+  for (let l = queue.pop(); l >= 0; l = queue.pop()) {
+    if (next[l] < 0 || rank[l] !== queue.rank) continue; // dead, last, or stale
     const r = next[l];
     syms[l] = merged[l];
     const rn = next[r];
@@ -839,8 +990,8 @@ class BpeModel {
     return s;
   }
 
-  /** Ids of the `<0xNN>` tokens, or null when one is missing (then unknowns become unk). */
-  #byteTokenIds(): Int32Array | null {
+  /** Ids of the `<0xNN>` tokens (-1: not in the vocabulary). */
+  #byteTokenIds(): Int32Array {
     const ids = new Int32Array(256);
     for (let b = 0; b < 256; b++) {
       const id = this.#tokenId(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
@@ -869,13 +1020,8 @@ class BpeModel {
     return syms.subarray(0, n);
   }
 
-  /** Appends the ids of symbol `s`: its token, else its bytes' tokens, else unk (if any). */
-  #emit(s: number, out: number[]): void {
-    const id = this.#outputOf[s];
-    if (id >= 0) {
-      out.push(id);
-      return;
-    }
+  /** Appends the ids of a symbol that is no token: its bytes' tokens, else unk (if any). */
+  #emitUnknown(s: number, out: number[]): void {
     const byteIds = this.#byteIds;
     if (byteIds !== null) {
       const bytes = this.#encoder.encode(this.#text[s]);
@@ -906,7 +1052,12 @@ class BpeModel {
     const syms = this.#symbolsOf(word);
     const n = mergeSymbols(syms, syms.length, this.#pairs);
     const start = out.length;
-    for (let i = 0; i < n; i++) this.#emit(syms[i], out);
+    const outputOf = this.#outputOf;
+    for (let i = 0; i < n; i++) {
+      const id = outputOf[syms[i]];
+      if (id >= 0) out.push(id);
+      else this.#emitUnknown(syms[i], out);
+    }
     if (cacheable) {
       if (this.#cache.size >= CACHE_MAX_ENTRIES) this.#cache.clear();
       this.#cache.set(word, Int32Array.from(out.slice(start)));
@@ -937,8 +1088,11 @@ function templatePostProcessor(cfg: Json, idOf: (t: string) => number): PostProc
   return (ids, addSpecial) => {
     const out: number[] = [];
     for (const p of parts) {
-      if (p === "A") { for (const id of ids) out.push(id); }
-      else if (addSpecial) out.push(p);
+      if (p !== "A") {
+        if (addSpecial) out.push(p);
+        continue;
+      }
+      for (const id of ids) out.push(id);
     }
     return out;
   };
@@ -1141,7 +1295,8 @@ export class BpeTokenizer {
     this.#preTokenizer = buildPreTokenizer(json.pre_tokenizer);
     this.#model = new BpeModel(json.model, added);
     [this.#rawSplitter, this.#normSplitter] = this.#registerAdded(added);
-    for (const t of config.additional_special_tokens as unknown[] ?? []) {
+    const extra = config.additional_special_tokens;
+    for (const t of Array.isArray(extra) ? extra : []) {
       if (typeof t === "string") this.#special.add(t);
     }
     this.#postProcessor = buildPostProcessor(json.post_processor, (t) => this.#idOfToken(t));

@@ -111,6 +111,7 @@ async function main(argv: string[]) {
   const model = await openModel(modelPath);
   try {
     const seqlen = intFlag(f.seqlen, "--seqlen", defaultSeqlen(model), 2);
+    checkSeqlen(model.config, seqlen);
     const maxWindows = f["max-windows"] === undefined
       ? undefined
       : intFlag(f["max-windows"], "--max-windows");
