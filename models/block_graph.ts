@@ -73,17 +73,43 @@ export function rope(g: Graph, x: Value, cos: Value, sin: Value, headDim: number
   ], -1);
 }
 
+/** The values a block reads: `x` [B,T,d], `cos`/`sin` [T,1,hd/2], `mask` [T,T], weights by name. */
+export interface BlockInputs {
+  x: Value;
+  cos: Value;
+  sin: Value;
+  mask: Value;
+  w: Record<string, Value>;
+}
+
 /** Builds the block graph. Inputs: `x` [B,T,d], `cos`/`sin` [T,1,hd/2], `mask` [T,T], weights. */
 export function buildBlockGraph(c: ModelConfig, o: BlockGraphOptions): Uint8Array {
   const g = new Graph();
   const { batch: B, seqlen: T } = o;
-  const N = B * T, d = c.hidden, H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
-  const x = g.input("x", [B, T, d]);
-  const cos = g.input("cos", [T, 1, hd / 2]);
-  const sin = g.input("sin", [T, 1, hd / 2]);
+  const x = g.input("x", [B, T, c.hidden]);
+  const cos = g.input("cos", [T, 1, c.headDim / 2]);
+  const sin = g.input("sin", [T, 1, c.headDim / 2]);
   const mask = g.input("mask", [T, T]);
   const w: Record<string, Value> = {};
   for (const [name, shape] of Object.entries(blockTensorShapes(c))) w[name] = g.input(name, shape);
+  const { y, captured } = addBlock(g, c, o, { x, cos, sin, mask, w });
+  g.output(y, "y");
+  if (o.capture) { for (const p of CAPTURE_POINTS) g.output(captured[p], p); }
+  return g.toBytes();
+}
+
+/**
+ * Adds the block to `g` on the given values; returns its output [B,T,d] and the (quantized)
+ * input of each linear group. `o.capture` is not read here.
+ */
+export function addBlock(
+  g: Graph,
+  c: ModelConfig,
+  o: BlockGraphOptions,
+  { x, cos, sin, mask, w }: BlockInputs,
+): { y: Value; captured: Record<CapturePoint, Value>; probs: Value } {
+  const { batch: B, seqlen: T } = o;
+  const N = B * T, d = c.hidden, H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
   const aq = (v: Value) =>
     (o.abits !== undefined && o.abits < 16) ? fakeQuantPerToken(g, v, o.abits) : v;
   const linear = (v: Value, name: string) => {
@@ -92,7 +118,7 @@ export function buildBlockGraph(c: ModelConfig, o: BlockGraphOptions): Uint8Arra
       transB: 1,
     });
   };
-  const captured: Record<string, Value> = {};
+  const captured = {} as Record<CapturePoint, Value>;
 
   const x2d = g.reshape(x, [N, d]);
   const hAttn = aq(rmsNorm(g, x2d, w["input_layernorm.weight"], c.rmsEps));
@@ -120,9 +146,7 @@ export function buildBlockGraph(c: ModelConfig, o: BlockGraphOptions): Uint8Arra
   const act = aq(g.mul(g.mul(gate, g.op("Sigmoid", [gate])), up));
   captured.x_down = act;
   const y = g.add(x1, linear(act, "mlp.down_proj"));
-  g.output(g.reshape(y, [B, T, d]), "y");
-  if (o.capture) { for (const p of CAPTURE_POINTS) g.output(captured[p], p); }
-  return g.toBytes();
+  return { y: g.reshape(y, [B, T, d]), captured, probs };
 }
 
 /** What the head graph returns. */

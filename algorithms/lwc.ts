@@ -1,0 +1,73 @@
+/**
+ * Learnable weight clipping (OmniQuant's LWC) as graph ops, so its straight-through gradients
+ * come from the autodiff of the block graph: per output channel (or per group of input
+ * columns), the range [σ(β)·min w, σ(γ)·max w] is quantized asymmetrically
+ * (scale = range/maxq clamped to [1e-5, 1e4], zero = round(−min/scale)), and the weight becomes
+ * scale·(clip(round(w/scale) + zero, 0, maxq) − zero). With ABQ-LLM's bit balance a b-bit
+ * weight (b ≤ 2) gets maxq = 2^b, i.e. 2^b + 1 levels.
+ * @module
+ */
+import type { Graph, Value } from "../kernels/graph.ts";
+
+/** How a weight is quantized inside a training graph. */
+export interface LwcSpec {
+  bits: number;
+  /** Input columns per group; 0 = per output channel. Must divide the input width. */
+  groupSize: number;
+  /** ABQ-LLM's bit balance: 2^bits + 1 levels (only for bits ≤ 2). */
+  bitBalance?: boolean;
+}
+
+/** Levels above zero: 2^bits − 1, or 2^bits with bit balance at ≤ 2 bits. */
+export function maxLevel(spec: LwcSpec): number {
+  return spec.bitBalance && spec.bits <= 2 ? 2 ** spec.bits : 2 ** spec.bits - 1;
+}
+
+/** Information per weight of a spec: log2(levels) (≈ 2.32 for bit-balanced 2-bit weights). */
+export function levelBits(spec: LwcSpec): number {
+  return Math.log2(maxLevel(spec) + 1);
+}
+
+/** Number of clipping factors of a [rows, cols] weight: one per row and group. */
+export function lwcParamCount(rows: number, cols: number, spec: LwcSpec): number {
+  return rows * (spec.groupSize ? cols / spec.groupSize : 1);
+}
+
+/**
+ * Fake-quantizes `w` [rows, cols] with clipping logits `gamma`, `beta` [rows·groups, 1]
+ * (OmniQuant initialises both to 4: σ(4) ≈ 0.982). Returns Ŵ [rows, cols].
+ */
+export function lwcQuant(
+  g: Graph,
+  w: Value,
+  gamma: Value | null,
+  beta: Value | null,
+  rows: number,
+  cols: number,
+  spec: LwcSpec,
+): Value {
+  const gs = spec.groupSize || cols;
+  if (cols % gs !== 0) {
+    throw new Error(`--group-size ${spec.groupSize} does not divide the input width ${cols}`);
+  }
+  const maxq = maxLevel(spec);
+  const grouped = g.reshape(w, [(rows * cols) / gs, gs]);
+  let xmax = g.reduceMax(grouped, [1]);
+  let xmin = g.reduceMin(grouped, [1]);
+  if (gamma) xmax = g.mul(g.op("Sigmoid", [gamma]), xmax);
+  if (beta) xmin = g.mul(g.op("Sigmoid", [beta]), xmin);
+  const scale = g.op("Clip", [
+    g.div(g.sub(xmax, xmin), g.scalar(maxq)),
+    g.scalar(1e-5),
+    g.scalar(1e4),
+  ]);
+  const zero = g.op("Round", [
+    g.op("Clip", [g.div(g.op("Neg", [xmin]), scale), g.scalar(-1e4), g.scalar(1e4)]),
+  ]);
+  const q = g.op("Clip", [
+    g.add(g.op("Round", [g.div(grouped, scale)]), zero),
+    g.scalar(0),
+    g.scalar(maxq),
+  ]);
+  return g.reshape(g.mul(g.sub(q, zero), scale), [rows, cols]);
+}
