@@ -274,17 +274,33 @@ function clipGrads(c: RuleContext): (GradThunk | null)[] {
   ];
 }
 
-/** Gather along an axis with constant indices: a one-hot matrix product scatters back. */
+/**
+ * Gather along an axis, 1-D indices: constant indices scatter back through a one-hot matrix
+ * product; indices computed at run time (e.g. channel-reassembly maps fed as inputs) through
+ * ScatterElements with reduction "add".
+ */
 function gatherGrad(c: RuleContext): Value {
   const { g } = c;
   const xs = c.shape(c.x[0]);
   const axis = attrNumber(c.node.attrs.axis, 0);
   const a = axis < 0 ? axis + xs.length : axis;
-  const idx = c.g.int64Values(c.x[1]);
-  if (!idx) throw new Error("gradients: Gather needs constant int64 indices");
-  const n = xs[a], k = idx.length;
+  const n = xs[a];
   const pre = xs.slice(0, a).reduce((p, d) => p * d, 1);
   const post = xs.slice(a + 1).reduce((p, d) => p * d, 1);
+  const idx = c.g.int64Values(c.x[1]);
+  if (!idx) {
+    const ishape = c.shape(c.x[1]);
+    if (ishape.length !== 1) throw new Error("gradients: Gather with run-time indices needs 1-D indices");
+    const k = ishape[0];
+    const gy3 = g.reshape(c.gy, [pre, k, post]);
+    const spread = g.op("Expand", [g.reshape(c.x[1], [1, k, 1]), g.int64([pre, k, post])]);
+    const zero = g.constant(new Float32Array(pre * n * post), [pre, n, post]);
+    return g.reshape(
+      g.op("ScatterElements", [zero, spread, gy3], { axis: 1, reduction: "add" }),
+      xs,
+    );
+  }
+  const k = idx.length;
   const onehot = new Float32Array(n * k);
   idx.forEach((j, i) => onehot[(j < 0 ? j + n : j) * k + i] = 1);
   const gathered = g.matmul(g.constant(onehot, [n, k]), g.reshape(c.gy, [pre, k, post]));

@@ -676,6 +676,7 @@ const SHAPE_RULES: Record<string, ShapeRule> = {
     },
   },
   GatherElements: { needs: [1], infer: ([, idx]) => [...idx!] },
+  ScatterElements: { needs: [0], infer: ([x]) => [...x!] },
   Tile: {
     needs: [0],
     infer: ([x], _a, ints) => {

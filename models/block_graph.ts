@@ -17,6 +17,53 @@ export interface BlockGraphOptions {
   abits?: number;
   /** Also output the input of each linear group (`x_qkv`, `x_o`, `x_gateup`, `x_down`, [N, in]). */
   capture?: boolean;
+  /** Per-token fake quantization of q and k (after RoPE) and v, per head (the "KV cache"). */
+  kvBits?: number;
+}
+
+/**
+ * Optional block tensors the graph applies when present (keyed like the weights):
+ * - `reassembly.{point}.src_a|src_b|coef_a|coef_b` [C]: channel reassembly before the
+ *   activation quantizer at `x_qkv`, `x_gateup` or `x_down`: x'_k = a_k·x[i_k] + b_k·x[j_k]
+ *   (indices stored as floats);
+ * - `act_quant.{point}.scale|zero` [1]: static per-tensor activation quantization at any point
+ *   (instead of dynamic per-token).
+ */
+export function reassemblyNames(point: CapturePoint): string[] {
+  return ["src_a", "src_b", "coef_a", "coef_b"].map((k) => `reassembly.${point}.${k}`);
+}
+
+/** Names of a point's static activation-quantization tensors. */
+export function actQuantNames(point: CapturePoint): [string, string] {
+  return [`act_quant.${point}.scale`, `act_quant.${point}.zero`];
+}
+
+/** Static per-tensor asymmetric fake quantization with a given scale and zero point. */
+export function fakeQuantStatic(
+  g: Graph,
+  x: Value,
+  scale: Value,
+  zero: Value,
+  bits: number,
+): Value {
+  const q = g.op("Clip", [
+    g.add(g.op("Round", [g.div(x, scale)]), zero),
+    g.scalar(0),
+    g.scalar(2 ** bits - 1),
+  ]);
+  return g.mul(g.sub(q, zero), scale);
+}
+
+/** x'[:, k] = a_k·x[:, i_k] + b_k·x[:, j_k] for x [N, C]. */
+function reassembleChannels(
+  g: Graph,
+  x: Value,
+  w: Record<string, Value>,
+  point: CapturePoint,
+): Value {
+  const [ia, ib, ca, cb] = reassemblyNames(point).map((n) => w[n]);
+  const gather = (idx: Value) => g.op("Gather", [x, g.op("Cast", [idx], { to: 7 })], { axis: 1 });
+  return g.add(g.mul(gather(ia), ca), g.mul(gather(ib), cb));
 }
 
 /** Graph input names of a block's tensors (HF names relative to the layer). */
@@ -110,8 +157,17 @@ export function addBlock(
 ): { y: Value; captured: Record<CapturePoint, Value>; probs: Value } {
   const { batch: B, seqlen: T } = o;
   const N = B * T, d = c.hidden, H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
-  const aq = (v: Value) =>
-    (o.abits !== undefined && o.abits < 16) ? fakeQuantPerToken(g, v, o.abits) : v;
+  const quantizing = o.abits !== undefined && o.abits < 16;
+  const aq = (v: Value, point: CapturePoint) => {
+    let r = w[reassemblyNames(point)[0]] ? reassembleChannels(g, v, w, point) : v;
+    const [sn, zn] = actQuantNames(point);
+    if (quantizing) {
+      r = w[sn] ? fakeQuantStatic(g, r, w[sn], w[zn], o.abits!) : fakeQuantPerToken(g, r, o.abits!);
+    }
+    return r;
+  };
+  const kvq = (v: Value) =>
+    (o.kvBits !== undefined && o.kvBits < 16) ? fakeQuantPerToken(g, v, o.kvBits) : v;
   const linear = (v: Value, name: string) => {
     const bias = w[`${name}.bias`];
     return g.op("Gemm", bias ? [v, w[`${name}.weight`], bias] : [v, w[`${name}.weight`]], {
@@ -121,29 +177,29 @@ export function addBlock(
   const captured = {} as Record<CapturePoint, Value>;
 
   const x2d = g.reshape(x, [N, d]);
-  const hAttn = aq(rmsNorm(g, x2d, w["input_layernorm.weight"], c.rmsEps));
+  const hAttn = aq(rmsNorm(g, x2d, w["input_layernorm.weight"], c.rmsEps), "x_qkv");
   captured.x_qkv = hAttn;
   const q = g.reshape(linear(hAttn, "self_attn.q_proj"), [B, T, H, hd]);
   const k = g.reshape(linear(hAttn, "self_attn.k_proj"), [B, T, KV, hd]);
   const v = g.reshape(linear(hAttn, "self_attn.v_proj"), [B, T, KV, hd]);
-  const qr = g.reshape(g.transpose(rope(g, q, cos, sin, hd), [0, 2, 1, 3]), [B, KV, G, T, hd]);
-  const kr = g.reshape(g.transpose(rope(g, k, cos, sin, hd), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
-  const vr = g.reshape(g.transpose(v, [0, 2, 1, 3]), [B, KV, 1, T, hd]);
+  const qr = g.reshape(g.transpose(kvq(rope(g, q, cos, sin, hd)), [0, 2, 1, 3]), [B, KV, G, T, hd]);
+  const kr = g.reshape(g.transpose(kvq(rope(g, k, cos, sin, hd)), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
+  const vr = g.reshape(g.transpose(kvq(v), [0, 2, 1, 3]), [B, KV, 1, T, hd]);
   const scores = g.add(g.div(g.matmul(qr, kr), g.scalar(Math.sqrt(hd))), mask);
   const probs = g.op("Softmax", [scores], { axis: -1 });
   const attn = g.reshape(
     g.transpose(g.reshape(g.matmul(probs, vr), [B, H, T, hd]), [0, 2, 1, 3]),
     [N, H * hd],
   );
-  const attnQ = aq(attn);
+  const attnQ = aq(attn, "x_o");
   captured.x_o = attnQ;
   const x1 = g.add(x2d, linear(attnQ, "self_attn.o_proj"));
 
-  const hMlp = aq(rmsNorm(g, x1, w["post_attention_layernorm.weight"], c.rmsEps));
+  const hMlp = aq(rmsNorm(g, x1, w["post_attention_layernorm.weight"], c.rmsEps), "x_gateup");
   captured.x_gateup = hMlp;
   const gate = linear(hMlp, "mlp.gate_proj");
   const up = linear(hMlp, "mlp.up_proj");
-  const act = aq(g.mul(g.mul(gate, g.op("Sigmoid", [gate])), up));
+  const act = aq(g.mul(g.mul(gate, g.op("Sigmoid", [gate])), up), "x_down");
   captured.x_down = act;
   const y = g.add(x1, linear(act, "mlp.down_proj"));
   return { y: g.reshape(y, [B, T, d]), captured, probs };

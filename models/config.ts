@@ -27,6 +27,13 @@ export interface ModelConfig {
    * input), from `quantization_config.activation_bits` of models this toolkit wrote.
    */
   activationBits?: number;
+  /** Per-token fake quantization of q/k/v at run time (`quantization_config.kv_bits`). */
+  kvBits?: number;
+  /**
+   * Extra per-block tensors a quantized model carries (channel reassembly maps, static
+   * activation scales), with their shapes (`quantization_config.extra_block_tensors`).
+   */
+  extraTensors?: Record<string, number[]>;
   /** Mistral-style sliding attention window; sequences longer than it are refused. */
   slidingWindow?: number;
   bos: number;
@@ -102,6 +109,8 @@ export function parseHfConfig(json: Record<string, unknown>, file: string): Mode
     qkvBias: modelType === "qwen2" || json.attention_bias === true,
     slidingWindow: typeof sliding === "number" ? sliding : undefined,
     activationBits: activationBits(json, file),
+    kvBits: kvBits(json, file),
+    extraTensors: extraTensors(json, file),
     bos: typeof json.bos_token_id === "number" ? json.bos_token_id : 1,
     eos: typeof json.eos_token_id === "number" ? json.eos_token_id : 2,
   };
@@ -115,6 +124,28 @@ function activationBits(json: Record<string, unknown>, file: string): number | u
     throw new Error(`${file}: quantization_config.activation_bits ${JSON.stringify(a)} is invalid`);
   }
   return a >= 16 ? undefined : a;
+}
+
+function kvBits(json: Record<string, unknown>, file: string): number | undefined {
+  const a = (json.quantization_config as Record<string, unknown> | undefined)?.kv_bits;
+  if (a === undefined || a === null) return undefined;
+  if (typeof a !== "number" || !Number.isInteger(a) || a < 2) {
+    throw new Error(`${file}: quantization_config.kv_bits ${JSON.stringify(a)} is invalid`);
+  }
+  return a >= 16 ? undefined : a;
+}
+
+function extraTensors(json: Record<string, unknown>, file: string) {
+  const e = (json.quantization_config as Record<string, unknown> | undefined)?.extra_block_tensors;
+  if (e === undefined || e === null) return undefined;
+  const ok = typeof e === "object" && !Array.isArray(e) &&
+    Object.values(e as object).every((v) =>
+      Array.isArray(v) && v.every((d) => Number.isInteger(d) && d > 0)
+    );
+  if (!ok) {
+    throw new Error(`${file}: quantization_config.extra_block_tensors must map names to shapes`);
+  }
+  return e as Record<string, number[]>;
 }
 
 /** The `config.json` we write for a model (a plain LLaMA-family Hugging Face config). */
@@ -194,6 +225,7 @@ export function blockTensorShapes(c: ModelConfig): Record<string, number[]> {
     "mlp.up_proj.weight": [c.intermediate, c.hidden],
     "mlp.down_proj.weight": [c.hidden, c.intermediate],
   };
+  for (const [name, shape] of Object.entries(c.extraTensors ?? {})) shapes[name] = shape;
   if (c.qkvBias) {
     shapes["self_attn.q_proj.bias"] = [q];
     shapes["self_attn.k_proj.bias"] = [kv];

@@ -57,6 +57,8 @@ export function embed(table: Tensor, ids: ArrayLike<number>, seqlen: number): Te
 export interface BlockRunOptions {
   /** Per-token activation fake quantization of every linear input (bits; ≥ 16 or absent: off). */
   abits?: number;
+  /** Per-token fake quantization of q/k/v (bits; absent: off). */
+  kvBits?: number;
   /** Windows per graph run; default from a ~64 MB activation budget ({@linkcode defaultBatch}). */
   batch?: number;
   /**
@@ -92,7 +94,13 @@ export async function runBlock(
   const mask = causalMask(T);
   const out = new Float32Array(x.data.length);
   // One graph for every batch: a short last batch is padded (one cached session, one arena).
-  const graph = buildBlockGraph(c, { batch: B, seqlen: T, abits: o.abits, capture: !!o.onCapture });
+  const graph = buildBlockGraph(c, {
+    batch: B,
+    seqlen: T,
+    abits: o.abits,
+    kvBits: o.kvBits,
+    capture: !!o.onCapture,
+  });
   for (let w0 = 0; w0 < W; w0 += B) {
     const b = Math.min(B, W - w0);
     let xb = x.data.subarray(w0 * T * d, (w0 + b) * T * d);

@@ -39,7 +39,7 @@ export async function abqMain(argv: string[]): Promise<QuantizeReport | undefine
     console.log(USAGE);
     return;
   }
-  const { omni, abits, train } = learnedOptions(f, ABQ_POINTS);
+  const { omni, abits, kvBits, train } = learnedOptions(f, ABQ_POINTS);
   if (f["bit-balance"] && omni.wbits > 2) {
     throw new UsageError(`--bit-balance applies to 2-bit weights (got --wbits ${omni.wbits})`);
   }
@@ -53,6 +53,7 @@ export async function abqMain(argv: string[]): Promise<QuantizeReport | undefine
     method: "abq",
     wbits: omni.bitBalance ? Math.log2(2 ** omni.wbits + 1) : omni.wbits,
     abits,
+    kvBits,
     groupSize: omni.groupSize,
     teacher: true,
     settings: { ...omni, compensation: !f["no-compensation"], ...train },

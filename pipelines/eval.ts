@@ -25,6 +25,8 @@ export interface PerplexityOptions {
    * model's config asks for (`quantization_config.activation_bits`), else none.
    */
   abits?: number;
+  /** Per-token q/k/v fake quantization (bits); default: the model config's `kv_bits`. */
+  kvBits?: number;
   progress?: Progress;
 }
 
@@ -67,7 +69,10 @@ export async function perplexity(
     o.progress?.log(
       `eval: block ${i + 1}/${c.layers} over ${W} windows${o.progress.eta(i, c.layers)}`,
     );
-    x = await runBlock(rt, c, await model.block(i), x, { abits: o.abits ?? c.activationBits });
+    x = await runBlock(rt, c, await model.block(i), x, {
+      abits: o.abits ?? c.activationBits,
+      kvBits: o.kvBits ?? c.kvBits,
+    });
   }
   const nlls = await windowNll(rt, c, await model.finalNorm(), await model.head(), x, windowIds);
   let sum = 0;

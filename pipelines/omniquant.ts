@@ -33,6 +33,7 @@ export const LEARNED_FLAGS = {
   epochs: { type: "string" },
   batch: { type: "string" },
   resume: { type: "string" },
+  "kv-bits": { type: "string" },
 } as const;
 
 /** Usage of {@linkcode LEARNED_FLAGS}. */
@@ -43,6 +44,7 @@ export const LEARNED_USAGE =
   --let                learn equivalent transforms --let-lr X (5e-3)   --alpha X (0.5)
   --epochs N           epochs over the calibration set per block (20)
   --batch N            calibration samples per step (1)
+  --kv-bits B          also quantize q/k (after RoPE) and v per token and head (off)
   --resume DIR         a previous run's checkpoint directory (<out>.ckpt): the blocks saved
                        there are folded without training, the others are trained`;
 
@@ -50,7 +52,7 @@ export const LEARNED_USAGE =
 export function learnedOptions(f: Record<string, unknown>, points: readonly LetPoint[]) {
   const wbits = intFlag(f.wbits, "--wbits", 4, 2);
   const abits = intFlag(f.abits, "--abits", 16, 2);
-  if (wbits > 8 && wbits < 16) throw new UsageError(`--wbits ${wbits}: expected 2 to 8, or 16`);
+  if (wbits > 16) throw new UsageError(`--wbits ${wbits}: expected 2 to 16`);
   const omni: OmniQuantOptions = {
     wbits,
     groupSize: intFlag(f["group-size"], "--group-size", 0, 0),
@@ -60,9 +62,11 @@ export function learnedOptions(f: Record<string, unknown>, points: readonly LetP
     lwcLr: numFlag(f["lwc-lr"], "--lwc-lr", 1e-2, 0),
     letLr: numFlag(f["let-lr"], "--let-lr", 5e-3, 0),
   };
+  const kvBits = f["kv-bits"] === undefined ? undefined : intFlag(f["kv-bits"], "--kv-bits", 16, 2);
   return {
     omni,
     abits,
+    kvBits,
     train: {
       epochs: intFlag(f.epochs, "--epochs", 20, 0),
       batch: intFlag(f.batch, "--batch", 1),
@@ -83,7 +87,7 @@ export async function omniquantMain(argv: string[]): Promise<QuantizeReport | un
     console.log(USAGE);
     return;
   }
-  const { omni, abits, train } = learnedOptions(f, OMNIQUANT_POINTS);
+  const { omni, abits, kvBits, train } = learnedOptions(f, OMNIQUANT_POINTS);
   const common = commonRun(f, "omniquant");
   train.checkpointDir = `${common.out}.ckpt`;
   const report = await runQuantization({
@@ -91,6 +95,7 @@ export async function omniquantMain(argv: string[]): Promise<QuantizeReport | un
     method: "omniquant",
     wbits: omni.wbits,
     abits,
+    kvBits,
     groupSize: omni.groupSize,
     teacher: true,
     settings: { ...omni, ...train },

@@ -27,6 +27,8 @@ export interface QuantizeRun {
   wbits: number;
   /** Run-time activation bits (16 = none). */
   abits: number;
+  /** Run-time q/k/v bits (absent or 16 = none). */
+  kvBits?: number;
   /** Weight group size (0 = per channel). */
   groupSize: number;
   model: string;
@@ -151,13 +153,14 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       config: c,
       seqlen,
       abits: r.abits,
+      kvBits: r.kvBits,
       log: (m) => progress.log(m),
     };
     writer = await ModelWriter.create(r.out, c);
     const table = await model.embedding();
     await writer.add("model.embed_tokens.weight", table);
     const link = new ChainLink();
-    const sink: SinkResult = { reports: [], storage: {} };
+    const sink: SinkResult = { reports: [], storage: {}, extraTensors: {} };
     await time("quantize", () =>
       runStream(
         blockSource({
@@ -177,6 +180,8 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         group_size: r.groupSize || -1,
         activation_bits: r.abits < 16 ? r.abits : null,
         activation_scheme: r.abits < 16 ? "per-token dynamic asymmetric (fake)" : null,
+        kv_bits: r.kvBits !== undefined && r.kvBits < 16 ? r.kvBits : null,
+        extra_block_tensors: Object.keys(sink.extraTensors).length ? sink.extraTensors : null,
         fake_quantized: true,
       },
     });

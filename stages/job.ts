@@ -36,6 +36,8 @@ export interface RunContext {
   seqlen: number;
   /** Per-token activation quantization bits at run time (≥ 16: off). */
   abits: number;
+  /** Per-token q/k/v quantization bits at run time (absent or ≥ 16: off). */
+  kvBits?: number;
   /** Progress sink (stderr). */
   log: (msg: string) => void;
 }

@@ -63,7 +63,7 @@ export function initLetScales(
   points: readonly LetPoint[],
   alpha: number,
 ): Record<LetPoint, Float32Array> {
-  const c = job.ctx.config, w = job.fpWeights;
+  const c = job.ctx.config, w = job.weights;
   const out = {} as Record<LetPoint, Float32Array>;
   const maxOver = (names: string[], n: number) => {
     const m = new Float32Array(n);

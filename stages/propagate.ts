@@ -20,6 +20,7 @@ export function propagate(): Stage {
   return stage("propagate", async (job) => {
     job.qOut = await runBlock(job.ctx.rt, job.ctx.config, job.weights, job.qIn, {
       abits: job.ctx.abits,
+      kvBits: job.ctx.kvBits,
     });
     if (job.fpOut && job.fpOut.data.length === job.qOut.data.length) {
       let num = 0, den = 0;

@@ -14,7 +14,7 @@ import { AdamW, constant, NanGuard, type Param, type Schedule } from "../kernels
 import type { Feed } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { addBlock, CAPTURE_POINTS, type CapturePoint } from "../models/block_graph.ts";
-import { blockTensorShapes, type ModelConfig } from "../models/config.ts";
+import type { ModelConfig } from "../models/config.ts";
 import { causalMask, ropeTables, runBlock } from "../models/forward.ts";
 import type { BlockWeights } from "../models/model.ts";
 import { SafetensorsReader, writeSafetensors } from "../models/safetensors.ts";
@@ -133,16 +133,18 @@ interface BlockGraphs {
 
 /** Builds the training graph (loss, gradients, student output) and the fold graph. */
 function buildGraphs(
+  base: BlockWeights,
   c: ModelConfig,
   m: ReconstructionMethod,
   params: Param[],
   batch: number,
   seqlen: number,
   abits: number,
+  kvBits: number | undefined,
   blockIndex: number,
 ): BlockGraphs {
-  const shapes = blockTensorShapes(c);
-  const names = Object.keys(shapes);
+  const names = Object.keys(base);
+  const shapes = Object.fromEntries(names.map((n) => [n, base[n].shape]));
   const make = (train: boolean) => {
     const g = new Graph();
     const w: Record<string, Value> = {};
@@ -159,7 +161,7 @@ function buildGraphs(
     const cos = g.input("cos", [seqlen, 1, c.headDim / 2]);
     const sin = g.input("sin", [seqlen, 1, c.headDim / 2]);
     const mask = g.input("mask", [seqlen, seqlen]);
-    const student = addBlock(g, c, { batch, seqlen, abits }, { x, cos, sin, mask, w: sw });
+    const student = addBlock(g, c, { batch, seqlen, abits, kvBits }, { x, cos, sin, mask, w: sw });
     const y = student.y;
     let loss: Value;
     if (m.loss === "abq") {
@@ -250,10 +252,23 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
     }
     const stats = await channelStats(job, job.fpWeights, job.fpIn);
     const params = m.init(job, stats);
-    const graphs = buildGraphs(c, m, params, batch, seqlen, job.ctx.abits, job.index);
+    // The student starts from the block as earlier stages left it (e.g. reassembled); the
+    // teacher outputs come from the original block.
+    const base = job.weights;
+    const graphs = buildGraphs(
+      base,
+      c,
+      m,
+      params,
+      batch,
+      seqlen,
+      job.ctx.abits,
+      job.ctx.kvBits,
+      job.index,
+    );
     const { cos, sin } = ropeTables(c, seqlen);
     const fixed: Record<string, Feed> = { cos, sin, mask: causalMask(seqlen) };
-    for (const name of graphs.names) fixed[`w:${name}`] = job.fpWeights[name];
+    for (const name of graphs.names) fixed[`w:${name}`] = base[name];
     const feedsFor = (first: number): Record<string, Feed> => {
       const f: Record<string, Feed> = {
         ...fixed,
@@ -306,18 +321,18 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
 
     // Fold: the deployed tensors, computed by the same ops as in training.
     const feeds: Record<string, Feed> = {};
-    for (const name of graphs.names) feeds[`w:${name}`] = job.fpWeights[name];
+    for (const name of graphs.names) feeds[`w:${name}`] = base[name];
     for (const q of params) feeds[`p:${q.name}`] = { data: q.data, shape: q.shape };
     const folded = await rt.run(graphs.fold, feeds);
     for (const name of graphs.names) {
       job.weights[name] = {
         data: folded[`out:${name}`].data.slice(),
-        shape: job.fpWeights[name].shape,
+        shape: base[name].shape,
       };
     }
     for (const q of params) job.learned[q.name] = { data: q.data.slice(), shape: q.shape };
     for (const name of graphs.names) {
-      const s = job.fpWeights[name].shape;
+      const s = base[name].shape;
       if (s.length === 2 && name.endsWith(".weight")) {
         job.storage[name] = { weights: s[0] * s[1], bits: m.storedBits(c, name, s[0], s[1]) };
       }
@@ -327,6 +342,7 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
     const trained = (await rt.run(graphs.train, feedsFor(0))).y;
     const foldedOut = await runBlock(rt, c, job.weights, sampleSlice(job.qIn, 0, batch), {
       abits: job.ctx.abits,
+      kvBits: job.ctx.kvBits,
       batch,
     });
     let num = 0, den = 0;

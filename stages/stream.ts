@@ -5,6 +5,7 @@
  * and the next block's prefetched weights are alive, whatever the model's depth.
  * @module
  */
+import { blockTensorShapes } from "../models/config.ts";
 import type { BlockWeights, ModelSource } from "../models/model.ts";
 import type { ModelWriter } from "../models/writer.ts";
 import type { Activations, BlockJob, RunContext, Stage, StageReport } from "./job.ts";
@@ -86,6 +87,8 @@ export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
 /** What the sink hands back when the stream ends. */
 export interface SinkResult {
   reports: StageReport[];
+  /** Block tensors beyond the standard LLaMA ones (reassembly maps, …), name → shape. */
+  extraTensors: Record<string, number[]>;
   storage: Record<string, { weights: number; bits: number }>;
 }
 
@@ -105,6 +108,10 @@ export function blockSink(
       }
       if (job.fpIn && !job.fpOut) {
         throw new Error(`block ${job.index}: the teacher chain has no outputs (add capture())`);
+      }
+      const standard = blockTensorShapes({ ...job.ctx.config, extraTensors: undefined });
+      for (const [k, t] of Object.entries(job.weights)) {
+        if (!(k in standard)) result.extraTensors[k] = t.shape;
       }
       await writer.addBlock(job.index, job.weights);
       for (const [k, t] of Object.entries(job.learned)) {
