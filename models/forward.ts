@@ -11,7 +11,7 @@ import {
   CAPTURE_POINTS,
   type CapturePoint,
 } from "./block_graph.ts";
-import type { ModelConfig } from "./config.ts";
+import { blockTensorShapes, type ModelConfig } from "./config.ts";
 import type { BlockWeights } from "./model.ts";
 
 /** RoPE tables [T, 1, hd/2] in float32 as the reference computes them (θ^(2i/hd), pos·inv_freq). */
@@ -93,8 +93,14 @@ export async function runBlock(
   const { cos, sin } = ropeTables(c, T);
   const mask = causalMask(T);
   const out = new Float32Array(x.data.length);
+  // The graph takes every tensor the block carries (reassembly maps, static scales, …).
+  const standard = blockTensorShapes({ ...c, extraTensors: undefined });
+  const extraTensors: Record<string, number[]> = {};
+  for (const [name, t] of Object.entries(weights)) {
+    if (!(name in standard)) extraTensors[name] = t.shape;
+  }
   // One graph for every batch: a short last batch is padded (one cached session, one arena).
-  const graph = buildBlockGraph(c, {
+  const graph = buildBlockGraph({ ...c, extraTensors }, {
     batch: B,
     seqlen: T,
     abits: o.abits,

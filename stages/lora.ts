@@ -1,0 +1,153 @@
+/**
+ * QLLM's low-rank error compensation (Liu et al., 2024) as a {@linkcode ReconstructionMethod}:
+ * per linear layer a LoRA pair (A [rank, in], B [out, rank], scaling α/rank) and, optionally,
+ * the two RMSNorm weights and OmniQuant-style clipping logits, learned block by block against
+ * the full-precision block's outputs.
+ *
+ * The low-rank update is merged into the weight *before* quantization, Ŵ = Q(W + s·B·A), both
+ * in training (straight-through gradients through Q) and in the fold, so the deployed block is
+ * exactly the function that was trained. (The reference trains Q(W) + s·B·A, with the LoRA in
+ * full precision beside the quantized weight, and then deploys Q(W + s·B·A): the deployed
+ * model is not the one whose loss it minimised.)
+ * @module
+ */
+import { levelBits, lwcQuant, type LwcSpec } from "../algorithms/lwc.ts";
+import type { Graph, Value } from "../kernels/graph.ts";
+import type { Param } from "../kernels/optim.ts";
+import { Rng } from "../kernels/tensor.ts";
+import { LINEAR_NAMES, type ModelConfig } from "../models/config.ts";
+import type { BlockJob } from "./job.ts";
+import type { ReconstructionMethod } from "./reconstruct.ts";
+
+/** QLLM low-rank compensation settings. */
+export interface LoraOptions {
+  /** Weight bits (16 = no quantization). */
+  wbits: number;
+  /** Input columns per weight group; 0 = per output channel. */
+  groupSize: number;
+  /** LoRA rank (4). */
+  rank?: number;
+  /** LoRA scaling numerator: ΔW = (alpha/rank)·B·A (1). */
+  alpha?: number;
+  /** Learning rate of the LoRA factors and the norm weights (5e-4). */
+  lr?: number;
+  /** Also learn the two RMSNorm weights of the block (true, as QLLM does). */
+  trainNorms?: boolean;
+  /** Also learn OmniQuant's clipping logits (LWC). */
+  lwc?: boolean;
+  /** Learning rate of the clipping logits (1e-2). */
+  lwcLr?: number;
+  /** ABQ-LLM's bit balance (2^b + 1 levels for b ≤ 2); off by default. */
+  bitBalance?: boolean;
+}
+
+/** The norms whose weights QLLM trains. */
+export const LORA_NORMS = ["input_layernorm", "post_attention_layernorm"] as const;
+
+/** Name of the learned weight of a norm (`input_layernorm` → `input_layernorm.trained_weight`). */
+export function normParamName(norm: (typeof LORA_NORMS)[number]): string {
+  return `${norm}.trained_weight`;
+}
+
+/**
+ * The seed of the LoRA `A` initialisation of one layer of one block, so a run is reproducible
+ * and every layer of every block draws its own numbers.
+ */
+export function loraSeed(blockIndex: number, layerIndex: number): number {
+  return (blockIndex + 1) * 1009 + layerIndex * 31 + 7;
+}
+
+/**
+ * torch's `kaiming_uniform_(a=√5)` on a [rank, in] matrix: gain √(2/(1+a²)) = √(1/3), bound
+ * √3·gain/√fan_in = 1/√in, uniform in ±bound.
+ */
+export function kaimingUniformA(rank: number, inFeatures: number, rng: Rng): Float32Array {
+  const bound = 1 / Math.sqrt(inFeatures);
+  const a = new Float32Array(rank * inFeatures);
+  for (let i = 0; i < a.length; i++) a[i] = (2 * rng.uniform() - 1) * bound;
+  return a;
+}
+
+/** The QLLM low-rank compensation method (reconstruction stage name `lora`). */
+export function loraMethod(o: LoraOptions): ReconstructionMethod {
+  const rank = o.rank ?? 4;
+  const scaling = (o.alpha ?? 1) / rank;
+  const lr = o.lr ?? 5e-4;
+  const trainNorms = o.trainNorms ?? true;
+  const spec: LwcSpec = { bits: o.wbits, groupSize: o.groupSize, bitBalance: !!o.bitBalance };
+  const quantize = o.wbits < 16;
+  if (!Number.isInteger(rank) || rank < 1) {
+    throw new Error(`lora: rank ${rank}: expected an integer ≥ 1`);
+  }
+  return {
+    name: "lora",
+    init(job: BlockJob): Param[] {
+      const params: Param[] = [];
+      LINEAR_NAMES.forEach((l, li) => {
+        // The block as earlier stages left it (e.g. reassembled: other input widths).
+        const [rows, cols] = job.weights[`${l}.weight`].shape;
+        const rng = new Rng(loraSeed(job.index, li));
+        params.push({
+          name: `${l}.lora_A`,
+          data: kaimingUniformA(rank, cols, rng),
+          shape: [rank, cols],
+          lr,
+        });
+        params.push({
+          name: `${l}.lora_B`,
+          data: new Float32Array(rows * rank),
+          shape: [rows, rank],
+          lr,
+        });
+        if (quantize && o.lwc) {
+          const n = rows * (o.groupSize ? cols / o.groupSize : 1);
+          for (const k of ["lwc_gamma", "lwc_beta"]) {
+            params.push({
+              name: `${l}.${k}`,
+              data: new Float32Array(n).fill(4),
+              shape: [n, 1],
+              lr: o.lwcLr ?? 1e-2,
+            });
+          }
+        }
+      });
+      if (trainNorms) {
+        for (const norm of LORA_NORMS) {
+          const t = job.weights[`${norm}.weight`];
+          params.push({ name: normParamName(norm), data: t.data.slice(), shape: [...t.shape], lr });
+        }
+      }
+      return params;
+    },
+    student(g: Graph, _c: ModelConfig, w: Record<string, Value>, p: Record<string, Value>) {
+      // Every tensor passes through unchanged unless replaced below (reassembly data included).
+      const out: Record<string, Value> = { ...w };
+      if (trainNorms) {
+        for (const norm of LORA_NORMS) out[`${norm}.weight`] = p[normParamName(norm)];
+      }
+      for (const l of LINEAR_NAMES) {
+        const name = `${l}.weight`;
+        const [rows, cols] = g.shapeOf(w[name]) as number[];
+        const delta = g.mul(g.matmul(p[`${l}.lora_B`], p[`${l}.lora_A`]), g.scalar(scaling));
+        const merged = g.add(w[name], delta);
+        out[name] = quantize
+          ? lwcQuant(
+            g,
+            merged,
+            p[`${l}.lwc_gamma`] ?? null,
+            p[`${l}.lwc_beta`] ?? null,
+            rows,
+            cols,
+            spec,
+          )
+          : merged;
+      }
+      return out;
+    },
+    storedBits(_c, _tensor, rows, cols) {
+      if (!quantize) return rows * cols * 32;
+      const groups = o.groupSize ? cols / o.groupSize : 1;
+      return rows * cols * levelBits(spec) + rows * groups * (16 + Math.ceil(levelBits(spec)));
+    },
+  };
+}
