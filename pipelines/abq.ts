@@ -10,6 +10,7 @@ import { ABQ_POINTS } from "../algorithms/let.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { FIRST_AND_LAST, omniquantMethod } from "../stages/omniquant.ts";
 import { reconstruct } from "../stages/reconstruct.ts";
+import { staticActivations } from "../stages/static_activations.ts";
 import { parseFlags, runMain, UsageError } from "./cli.ts";
 import { LEARNED_FLAGS, LEARNED_USAGE, learnedOptions } from "./omniquant.ts";
 import {
@@ -39,7 +40,7 @@ export async function abqMain(argv: string[]): Promise<QuantizeReport | undefine
     console.log(USAGE);
     return;
   }
-  const { omni, abits, kvBits, train } = learnedOptions(f, ABQ_POINTS);
+  const { omni, abits, kvBits, staticActs, train } = learnedOptions(f, ABQ_POINTS);
   if (f["bit-balance"] && omni.wbits > 2) {
     throw new UsageError(`--bit-balance applies to 2-bit weights (got --wbits ${omni.wbits})`);
   }
@@ -57,7 +58,12 @@ export async function abqMain(argv: string[]): Promise<QuantizeReport | undefine
     groupSize: omni.groupSize,
     teacher: true,
     settings: { ...omni, compensation: !f["no-compensation"], ...train },
-    stages: () => [capture(), reconstruct(method, train), propagate()],
+    stages: () => [
+      capture(),
+      reconstruct(method, train),
+      ...(staticActs ? [staticActivations()] : []),
+      propagate(),
+    ],
   });
   printReport(report, !!f.json);
   return report;

@@ -60,6 +60,18 @@ export function deviceFlag(v: unknown): Device {
   return d;
 }
 
+/** The `--act-scheme` flag: dynamic per-token ranges (default) or static per-tensor ranges. */
+export function actSchemeFlag(v: unknown, abits: number): "token" | "static" {
+  const s = (v ?? "token") as string;
+  if (s !== "token" && s !== "static") {
+    throw new UsageError(`--act-scheme ${v}: expected token or static`);
+  }
+  if (s === "static" && abits >= 16) {
+    throw new UsageError("--act-scheme static needs --abits below 16");
+  }
+  return s;
+}
+
 /** Progress lines on stderr, with elapsed time. */
 export class Progress {
   #t0 = performance.now();

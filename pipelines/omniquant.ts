@@ -9,7 +9,8 @@ import { OMNIQUANT_POINTS } from "../algorithms/let.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { omniquantMethod, type OmniQuantOptions } from "../stages/omniquant.ts";
 import { reconstruct } from "../stages/reconstruct.ts";
-import { intFlag, numFlag, parseFlags, runMain, UsageError } from "./cli.ts";
+import { staticActivations } from "../stages/static_activations.ts";
+import { actSchemeFlag, intFlag, numFlag, parseFlags, runMain, UsageError } from "./cli.ts";
 import {
   COMMON_FLAGS,
   COMMON_USAGE,
@@ -34,6 +35,7 @@ export const LEARNED_FLAGS = {
   batch: { type: "string" },
   resume: { type: "string" },
   "kv-bits": { type: "string" },
+  "act-scheme": { type: "string" },
 } as const;
 
 /** Usage of {@linkcode LEARNED_FLAGS}. */
@@ -45,6 +47,8 @@ export const LEARNED_USAGE =
   --epochs N           epochs over the calibration set per block (20)
   --batch N            calibration samples per step (1)
   --kv-bits B          also quantize q/k (after RoPE) and v per token and head (off)
+  --act-scheme S       token (dynamic per-token ranges, default) or static (one calibrated
+                       range per linear input, fixed after training)
   --resume DIR         a previous run's checkpoint directory (<out>.ckpt): the blocks saved
                        there are folded without training, the others are trained`;
 
@@ -67,6 +71,7 @@ export function learnedOptions(f: Record<string, unknown>, points: readonly LetP
     omni,
     abits,
     kvBits,
+    staticActs: actSchemeFlag(f["act-scheme"], abits) === "static",
     train: {
       epochs: intFlag(f.epochs, "--epochs", 20, 0),
       batch: intFlag(f.batch, "--batch", 1),
@@ -87,7 +92,7 @@ export async function omniquantMain(argv: string[]): Promise<QuantizeReport | un
     console.log(USAGE);
     return;
   }
-  const { omni, abits, kvBits, train } = learnedOptions(f, OMNIQUANT_POINTS);
+  const { omni, abits, kvBits, staticActs, train } = learnedOptions(f, OMNIQUANT_POINTS);
   const common = commonRun(f, "omniquant");
   train.checkpointDir = `${common.out}.ckpt`;
   const report = await runQuantization({
@@ -99,7 +104,12 @@ export async function omniquantMain(argv: string[]): Promise<QuantizeReport | un
     groupSize: omni.groupSize,
     teacher: true,
     settings: { ...omni, ...train },
-    stages: () => [capture(), reconstruct(omniquantMethod(omni), train), propagate()],
+    stages: () => [
+      capture(),
+      reconstruct(omniquantMethod(omni), train),
+      ...(staticActs ? [staticActivations()] : []),
+      propagate(),
+    ],
   });
   printReport(report, !!f.json);
   return report;

@@ -179,7 +179,11 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         bits: r.wbits,
         group_size: r.groupSize || -1,
         activation_bits: r.abits < 16 ? r.abits : null,
-        activation_scheme: r.abits < 16 ? "per-token dynamic asymmetric (fake)" : null,
+        activation_scheme: r.abits >= 16
+          ? null
+          : Object.keys(sink.extraTensors).some((k) => k.startsWith("act_quant."))
+          ? "per-tensor static asymmetric (fake)"
+          : "per-token dynamic asymmetric (fake)",
         kv_bits: r.kvBits !== undefined && r.kvBits < 16 ? r.kvBits : null,
         extra_block_tensors: Object.keys(sink.extraTensors).length ? sink.extraTensors : null,
         fake_quantized: true,

@@ -6,7 +6,8 @@
  */
 import { propagate } from "../stages/propagate.ts";
 import { rtn } from "../stages/weight_quant.ts";
-import { intFlag, parseFlags, runMain } from "./cli.ts";
+import { staticActivations } from "../stages/static_activations.ts";
+import { actSchemeFlag, intFlag, parseFlags, runMain } from "./cli.ts";
 import {
   COMMON_FLAGS,
   COMMON_USAGE,
@@ -17,7 +18,9 @@ import {
 } from "./quantize.ts";
 
 const USAGE = `usage: deno run -A pipelines/rtn.ts [--wbits 4] [--abits 16] [--group-size N] [--sym]
-       [--mse] [--allow-partial-group] [common flags]
+       [--mse] [--allow-partial-group] [--act-scheme token|static] [common flags]
+  --act-scheme S       activation ranges: token (dynamic per token, default) or static
+                       (one range per linear input, calibrated)
 ${COMMON_USAGE}`;
 
 /** Runs RTN from command-line flags. */
@@ -30,6 +33,7 @@ export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefine
     sym: { type: "boolean" },
     mse: { type: "boolean" },
     "allow-partial-group": { type: "boolean" },
+    "act-scheme": { type: "string" },
   }, USAGE);
   if (f.help) {
     console.log(USAGE);
@@ -39,6 +43,7 @@ export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefine
   const abits = intFlag(f.abits, "--abits", 16, 2);
   if (bits > 8 && bits < 16) throw new Error(`--wbits ${bits}: expected 2 to 8, or 16 (off)`);
   const groupSize = intFlag(f["group-size"], "--group-size", 0, 0);
+  const scheme = actSchemeFlag(f["act-scheme"], abits);
   const o = {
     bits,
     groupSize,
@@ -52,8 +57,8 @@ export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefine
     wbits: bits,
     abits,
     groupSize,
-    settings: o,
-    stages: () => [rtn(o), propagate()],
+    settings: { ...o, act_scheme: scheme },
+    stages: () => [rtn(o), ...(scheme === "static" ? [staticActivations()] : []), propagate()],
   });
   printReport(report, !!f.json);
   return report;
