@@ -52,7 +52,9 @@ export async function abqMain(argv: string[]): Promise<QuantizeReport | undefine
   const report = await runQuantization({
     ...common,
     method: "abq",
+    // Bit-balanced weights have 2^b + 1 levels: log2(5) ≈ 2.32 bits of information, not 2.
     wbits: omni.bitBalance ? Math.log2(2 ** omni.wbits + 1) : omni.wbits,
+    quantConfig: omni.bitBalance ? { levels: 2 ** omni.wbits + 1, bit_balance: true } : undefined,
     abits,
     kvBits,
     groupSize: omni.groupSize,

@@ -67,6 +67,7 @@ export async function claqMain(argv: string[]): Promise<QuantizeReport | undefin
     ...commonRun(f, "claq"),
     method: "claq",
     wbits: target ?? bits,
+    quantConfig: { bits, average_bits: target ?? bits, codebook: "per-column k-means" },
     abits: 16,
     groupSize: 0,
     settings: o,

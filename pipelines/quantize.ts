@@ -46,6 +46,8 @@ export interface QuantizeRun {
   quiet?: boolean;
   /** Reuses tokenized texts and full-precision perplexities across runs in one process. */
   cache?: RunCache;
+  /** Fields merged into the written `quantization_config` (e.g. `levels`, `average_bits`). */
+  quantConfig?: Record<string, unknown>;
 }
 
 /**
@@ -176,7 +178,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     await writer.finish(await model.finalNorm(), await model.head(), r.model, {
       quantization_config: {
         quant_method: `qllm-deno/${r.method}`,
-        bits: r.wbits,
+        bits: Math.floor(r.wbits),
         group_size: r.groupSize || -1,
         activation_bits: r.abits < 16 ? r.abits : null,
         activation_scheme: r.abits >= 16
@@ -187,6 +189,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         kv_bits: r.kvBits !== undefined && r.kvBits < 16 ? r.kvBits : null,
         extra_block_tensors: Object.keys(sink.extraTensors).length ? sink.extraTensors : null,
         fake_quantized: true,
+        ...r.quantConfig,
       },
     });
     writer = null;
@@ -311,7 +314,7 @@ export function printReport(report: QuantizeReport, json: boolean): void {
     return;
   }
   console.log(
-    `${report.method} w${report.wbits}a${report.abits}` +
+    `${report.method} w${+report.wbits.toFixed(2)}a${report.abits}` +
       `${report.group_size ? ` g${report.group_size}` : ""}: ` +
       `${report.bits_per_weight.toFixed(3)} bits/weight, ${report.seconds.toFixed(1)} s, ` +
       `peak RSS ${(report.peak_rss_bytes / 2 ** 20).toFixed(0)} MiB → ${report.out}`,

@@ -293,21 +293,30 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
     let t = 0;
     const t0 = performance.now();
     train: for (let e = 0; e < epochs; e++) {
-      let sum = 0;
+      let sum = 0, count = 0;
       for (let first = 0; first < n; first += batch, t++) {
         const r = await rt.run(graphs.train, feedsFor(first));
         const loss = r.loss.data[0];
         const grads = params.map((q) => r[`grad:${q.name}`].data);
-        if (!guard.check(t, loss, grads)) break train;
+        if (!guard.check(t, loss, grads)) {
+          if (count) curve.push(sum / count); // the partial epoch
+          break train;
+        }
         opt.step(grads, schedule(t, steps));
         sum += loss;
+        count++;
       }
-      curve.push(sum / (n / batch));
+      curve.push(sum / count);
       const left = ((performance.now() - t0) / (e + 1)) * (epochs - e - 1) / 1000;
       job.ctx.log(
         `block ${job.index + 1}/${c.layers}: ${m.name} epoch ${e + 1}/${epochs} ` +
           `loss ${curve[e].toExponential(4)} (~${left.toFixed(0)} s left in this block)`,
       );
+    }
+    // The last update has not been checked yet: check it (restoring the last good values).
+    if (epochs > 0 && guard.stoppedAt === null) {
+      const r = await rt.run(graphs.train, feedsFor(0));
+      guard.check(t, r.loss.data[0], params.map((q) => r[`grad:${q.name}`].data));
     }
     const trainSeconds = (performance.now() - t0) / 1000;
     if (guard.stoppedAt !== null) {
@@ -351,6 +360,19 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
       num += dlt * dlt;
       den += trained.data[i] * trained.data[i];
     }
+    const foldRelError = Math.sqrt(num / den);
+    if (!Number.isFinite(foldRelError)) {
+      throw new Error(
+        `block ${job.index}: ${m.name}: the folded block does not compute a finite output ` +
+          `(fold error ${foldRelError})`,
+      );
+    }
+    if (foldRelError > 1e-3) {
+      job.ctx.log(
+        `block ${job.index + 1}: warning: the folded block differs from the trained one ` +
+          `(relative ${foldRelError.toExponential(2)})`,
+      );
+    }
     return {
       loss_curve: curve,
       first_loss: curve[0],
@@ -360,7 +382,7 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
       resumed,
       stopped_at: guard.stoppedAt,
       stop_reason: guard.reason || undefined,
-      fold_rel_error: Math.sqrt(num / den),
+      fold_rel_error: foldRelError,
     };
   });
 }
