@@ -57,6 +57,11 @@ export function embed(table: Tensor, ids: ArrayLike<number>, seqlen: number): Te
 export interface BlockRunOptions {
   /** Per-token activation fake quantization of every linear input (bits; ≥ 16 or absent: off). */
   abits?: number;
+  /**
+   * Write the output over the input (x is consumed): each batch's output depends only on that
+   * batch's input, so this halves the activation memory of a pass.
+   */
+  inPlace?: boolean;
   /** Per-token fake quantization of q/k/v (bits; absent: off). */
   kvBits?: number;
   /** Windows per graph run; default from a ~64 MB activation budget ({@linkcode defaultBatch}). */
@@ -92,7 +97,7 @@ export async function runBlock(
   const B = Math.min(W, o.batch ?? defaultBatch(c, T));
   const { cos, sin } = ropeTables(c, T);
   const mask = causalMask(T);
-  const out = new Float32Array(x.data.length);
+  const out = o.inPlace ? x.data : new Float32Array(x.data.length);
   // The graph takes every tensor the block carries (reassembly maps, static scales, …).
   const standard = blockTensorShapes({ ...c, extraTensors: undefined });
   const extraTensors: Record<string, number[]> = {};
@@ -110,6 +115,7 @@ export async function runBlock(
   for (let w0 = 0; w0 < W; w0 += B) {
     const b = Math.min(B, W - w0);
     let xb = x.data.subarray(w0 * T * d, (w0 + b) * T * d);
+    if (o.inPlace) xb = xb.slice(); // the output is written over this batch's input
     if (b < B) {
       const padded = new Float32Array(B * T * d);
       padded.set(xb);

@@ -70,6 +70,7 @@ export async function perplexity(
       `eval: block ${i + 1}/${c.layers} over ${W} windows${o.progress.eta(i, c.layers)}`,
     );
     x = await runBlock(rt, c, await model.block(i), x, {
+      inPlace: true,
       abits: o.abits ?? c.activationBits,
       kvBits: o.kvBits ?? c.kvBits,
     });

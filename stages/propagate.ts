@@ -15,10 +15,15 @@ export function capture(): Stage {
   });
 }
 
-/** Student outputs: the block as quantized so far, on the quantized chain. */
+/**
+ * Student outputs: the block as quantized so far, on the quantized chain. The outputs are
+ * written over the student inputs (and over the teacher inputs where block 0 shares them), so
+ * `propagate()` must be the last stage of a block.
+ */
 export function propagate(): Stage {
   return stage("propagate", async (job) => {
     job.qOut = await runBlock(job.ctx.rt, job.ctx.config, job.weights, job.qIn, {
+      inPlace: true,
       abits: job.ctx.abits,
       kvBits: job.ctx.kvBits,
     });
