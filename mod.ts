@@ -25,6 +25,17 @@ export { type Attr, type Dim, DType, Graph, type Value } from "./kernels/graph.t
 export { type Device, DEVICES, type Feed, Runtime } from "./kernels/session.ts";
 export { gram, matmul, matmulT } from "./kernels/matmul.ts";
 export { MT19937 } from "./kernels/mt19937.ts";
+export { GRADIENT_RULES, gradients } from "./kernels/autodiff.ts";
+export { evaluate } from "./kernels/interp.ts";
+export {
+  AdamW,
+  constant,
+  cosineDecay,
+  linearDecay,
+  NanGuard,
+  type Param,
+  type Schedule,
+} from "./kernels/optim.ts";
 export { kmeans1d } from "./kernels/kmeans.ts";
 
 // Models: formats, configs, tokenizers, data, forward pass.
@@ -72,6 +83,14 @@ export {
 } from "./algorithms/quantizer.ts";
 export { gptq, type GptqOptions, type GptqResult } from "./algorithms/gptq.ts";
 export { claq, type ClaqOptions, type ClaqResult } from "./algorithms/claq.ts";
+export { levelBits, lwcQuant, type LwcSpec, maxLevel } from "./algorithms/lwc.ts";
+export {
+  ABQ_POINTS,
+  applyLet,
+  type LetPoint,
+  OMNIQUANT_POINTS,
+  smoothScale,
+} from "./algorithms/let.ts";
 
 // The block stream and its stages.
 export {
@@ -88,8 +107,24 @@ export { capture, propagate } from "./stages/propagate.ts";
 export { captureHessians, relativeOutputError } from "./stages/hessian.ts";
 export { type LinearQuantizer, quantizeLinears } from "./stages/quantize_linears.ts";
 export { claqStage, gptqStage, rtn } from "./stages/weight_quant.ts";
+export {
+  channelStats,
+  reconstruct,
+  type ReconstructionMethod,
+  type TrainOptions,
+} from "./stages/reconstruct.ts";
+export { FIRST_AND_LAST, omniquantMethod, type OmniQuantOptions } from "./stages/omniquant.ts";
+export { loraMethod, type LoraOptions } from "./stages/lora.ts";
+export { reassemble } from "./stages/reassemble.ts";
+export { staticActivations } from "./stages/static_activations.ts";
 
 // Pipelines.
 export { perplexity, type PerplexityResult } from "./pipelines/eval.ts";
 export { greedy } from "./pipelines/generate.ts";
-export { type QuantizeReport, type QuantizeRun, runQuantization } from "./pipelines/quantize.ts";
+export {
+  type QuantizeReport,
+  type QuantizeRun,
+  RunCache,
+  runQuantization,
+} from "./pipelines/quantize.ts";
+export { exportOnnx } from "./pipelines/export.ts";
