@@ -4,8 +4,13 @@
  * `types.ts`) in its own module under `bench/`.
  * @module
  */
+import { benchClaq } from "./claq.ts";
 import { benchEval } from "./eval.ts";
+import { benchGptq } from "./gptq.ts";
+import { benchLearned } from "./learned.ts";
 import { benchMatmul } from "./matmul.ts";
+import { benchMemory } from "./memory.ts";
+import { benchQllm } from "./qllm.ts";
 import type { Benchmark } from "./types.ts";
 
 /** The registered benchmarks. */
@@ -19,5 +24,19 @@ export const BENCHMARKS: readonly Benchmark[] = [
     name: "eval",
     description: "perplexity tokens/s on all val windows vs the reference",
     run: benchEval,
+  },
+  { name: "memory", description: "GPTQ peak RSS at 2, 8 and 32 layers", run: benchMemory },
+  { name: "gptq", description: "GPTQ time vs the reference; 1024×8 LLaMA", run: benchGptq },
+  { name: "claq", description: "CLAQ 2.1/3.12 bits vs GPTQ/RTN W2/W3", run: benchClaq },
+  {
+    name: "learned",
+    description:
+      "RTN vs OmniQuant vs ABQ-LLM, W4A16…W4A4, with and without outliers (README table)",
+    run: benchLearned,
+  },
+  {
+    name: "qllm",
+    description: "QLLM ablation: RTN, reassembly, LoRA, both, OmniQuant at W4A4/W4A8/W6A6 (README)",
+    run: benchQllm,
   },
 ];

@@ -24,6 +24,41 @@ export const INPUT_OF: Record<LinearName, CapturePoint> = {
   "mlp.down_proj": "x_down",
 };
 
+/** Rows stacked before each xᵀx product: fewer, larger ORT calls and fewer k×k temporaries. */
+const STACK_ROWS = 4096;
+
+/** Accumulates xᵀx of one capture point over row chunks, in float64. */
+class GramSum {
+  readonly k: number;
+  readonly sum: Float64Array;
+  #rows: Float32Array;
+  #filled = 0;
+
+  constructor(k: number, rowsPerBatch: number) {
+    this.k = k;
+    this.sum = new Float64Array(k * k);
+    this.#rows = new Float32Array(Math.max(STACK_ROWS, rowsPerBatch) * k);
+  }
+
+  async add(rt: RunContext["rt"], x: Tensor): Promise<void> {
+    if (this.#filled * this.k + x.data.length > this.#rows.length) await this.flush(rt);
+    this.#rows.set(x.data, this.#filled * this.k);
+    this.#filled += x.shape[0];
+  }
+
+  async flush(rt: RunContext["rt"]): Promise<void> {
+    if (this.#filled === 0) return;
+    const rows = {
+      data: this.#rows.subarray(0, this.#filled * this.k),
+      shape: [this.#filled, this.k],
+    };
+    const g = (await gram(rt, rows)).data;
+    const s = this.sum;
+    for (let i = 0; i < s.length; i++) s[i] += g[i];
+    this.#filled = 0;
+  }
+}
+
 /** Hessians of the requested capture points, each [in, in] float32 (summed in float64). */
 export async function captureHessians(
   ctx: RunContext,
@@ -31,28 +66,29 @@ export async function captureHessians(
   x: Activations,
   points: ReadonlySet<CapturePoint>,
 ): Promise<Map<CapturePoint, Float32Array>> {
-  const sums = new Map<CapturePoint, Float64Array>();
-  const dims = new Map<CapturePoint, number>();
+  const sums = new Map<CapturePoint, GramSum>();
   await runBlock(ctx.rt, ctx.config, weights, x, {
     abits: ctx.abits,
     onCapture: async (inputs) => {
       for (const p of points) {
         const xp = inputs[p];
-        const k = xp.shape[1];
-        const g = await gram(ctx.rt, xp);
         let s = sums.get(p);
         if (!s) {
-          s = new Float64Array(k * k);
+          s = new GramSum(xp.shape[1], xp.shape[0]);
           sums.set(p, s);
-          dims.set(p, k);
         }
-        for (let i = 0; i < s.length; i++) s[i] += g.data[i];
+        await s.add(ctx.rt, xp);
       }
     },
   });
-  const n = x.shape[0];
+  const scale = 2 / x.shape[0];
   const out = new Map<CapturePoint, Float32Array>();
-  for (const [p, s] of sums) out.set(p, Float32Array.from(s, (v) => (v * 2) / n));
+  for (const [p, s] of sums) {
+    await s.flush(ctx.rt);
+    const h = new Float32Array(s.sum.length);
+    for (let i = 0; i < h.length; i++) h[i] = s.sum[i] * scale;
+    out.set(p, h);
+  }
   return out;
 }
 

@@ -1,0 +1,308 @@
+/**
+ * GPTQ wall time.
+ *
+ * (a) Every GPTQ row of the reference run (`reference/peer_results.json`) on both fixtures,
+ * in this process through `runQuantization` with one `RunCache` per model (tokenization and the
+ * full-precision evaluation happen once): our stream time (`timing.quantize`: calibration
+ * embedding aside, every Hessian pass, GPTQ, the output passes, the block writes) and our total
+ * without evaluation (`seconds − eval_fp − eval_quant`: also tokenization on the first row,
+ * calibration, opening and writing the model) beside the reference's `quant_s` (PROTOCOL.md §7:
+ * embedding the calibration set, all Hessian passes, fasterquant, the output passes), plus the
+ * perplexity beside the reference's as a sanity check.
+ *
+ * (b) GPTQ W4, groups of 128, 128 × 256 calibration windows on a generated LLaMA (hidden 1024,
+ * intermediate 2816, 8 layers, 16 heads, 8 KV heads, vocabulary 2048, F32, std 0.02) in its own
+ * process (`pipelines/gptq.ts --json`, no evaluation): wall time, peak RSS and the split into
+ * block passes, Hessians and the GPTQ column loop. The Hessian stage runs the block forward and
+ * the Gram products together; its forward part is estimated as the propagate stage's time × the
+ * ratio of the block forward with capture outputs to the plain forward, timed here. Reference: PyTorch GPTQ 253–263 s, 1.39 GB peak RSS on
+ * this machine; goal ≤ 130 s and ≤ 0.5 GB.
+ * @module
+ */
+import { ensureLlama, type LlamaSpec } from "../fixtures/generate.ts";
+import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
+import { Runtime } from "../kernels/session.ts";
+import { Rng } from "../kernels/tensor.ts";
+import { runBlock } from "../models/forward.ts";
+import { openModel } from "../models/model.ts";
+import { RunCache, runQuantization } from "../pipelines/quantize.ts";
+import { propagate } from "../stages/propagate.ts";
+import { gptqStage } from "../stages/weight_quant.ts";
+import { runPipelineProcess } from "./memory.ts";
+import { timeAlternating } from "./timing.ts";
+import type { BenchContext, BenchRecord, SummaryRow } from "./types.ts";
+
+/** The fixtures of the reference run. */
+export const GPTQ_MODELS = ["tinystories-656k", "stories260k"] as const;
+
+/** A GPTQ row of the reference run. */
+export interface ReferenceGptqRun {
+  name: string;
+  wbits: number;
+  groupsize: number;
+  act_order: boolean;
+  static_groups: boolean;
+  true_sequential: boolean;
+  quant_s: number;
+  eval: { val: { ppl: number } };
+}
+
+/** The GPTQ rows of a fixture in the reference run. */
+export async function referenceGptqRuns(model: string): Promise<ReferenceGptqRun[]> {
+  const json = JSON.parse(
+    await Deno.readTextFile(`${SHARED_FIXTURES}/../reference/peer_results.json`),
+  );
+  const runs = json.models?.[model]?.runs as (ReferenceGptqRun & { method: string })[];
+  if (!runs) throw new Error(`peer_results.json: no models.${model}.runs`);
+  return runs.filter((r) => r.method === "gptq");
+}
+
+/** One configuration of (a). */
+export interface GptqPoint {
+  model: string;
+  config: string;
+  /** Our stream time (`timing.quantize`). */
+  quantize_s: number;
+  /** Our wall time without evaluation. */
+  total_s: number;
+  ref_quant_s: number;
+  /** ref_quant_s / total_s: above 1 is faster than the reference. */
+  speedup_total: number;
+  ppl: number;
+  ref_ppl: number;
+  loadavg_1m: number;
+}
+
+/** The generated model of (b). */
+export const GPTQ_LLAMA: LlamaSpec = {
+  hidden: 1024,
+  intermediate: 2816,
+  layers: 8,
+  heads: 16,
+  kvHeads: 8,
+  vocab: 2048,
+  std: 0.02,
+  seed: 0,
+};
+
+/** (b)'s reference and goal. */
+export const GPTQ_LLAMA_TARGET = {
+  ref_s: [253, 263],
+  ref_peak_rss_bytes: 1.39e9,
+  goal_s: 130,
+  goal_peak_rss_bytes: 0.5e9,
+};
+
+/** Runs (a) on one fixture. */
+async function fixtureRuns(ctx: BenchContext, model: string, tmp: string): Promise<GptqPoint[]> {
+  const cache = new RunCache();
+  const points: GptqPoint[] = [];
+  for (const ref of await referenceGptqRuns(model)) {
+    const groupSize = ref.groupsize > 0 ? ref.groupsize : 0;
+    const o = {
+      bits: ref.wbits,
+      groupSize,
+      actOrder: ref.act_order,
+      staticGroups: ref.static_groups,
+      trueSequential: ref.true_sequential,
+      allowPartialGroup: true,
+    };
+    const out = `${tmp}/${model}-${ref.name.replaceAll(" ", "_")}`;
+    const r = await runQuantization({
+      method: "gptq",
+      wbits: ref.wbits,
+      abits: 16,
+      groupSize,
+      model: fixtureModel(model),
+      out,
+      calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 128, seed: 0 },
+      eval: { files: [fixtureText("tinystories_val.txt")], windows: 256 },
+      stages: () => [gptqStage(o), propagate()],
+      quiet: true,
+      cache,
+    });
+    await Deno.remove(out, { recursive: true }).catch(() => {});
+    const total = r.seconds - (r.timing.eval_fp ?? 0) - (r.timing.eval_quant ?? 0);
+    points.push({
+      model,
+      config: ref.name,
+      quantize_s: r.timing.quantize,
+      total_s: total,
+      ref_quant_s: ref.quant_s,
+      speedup_total: ref.quant_s / total,
+      ppl: r.eval["tinystories_val.txt"].quant,
+      ref_ppl: ref.eval.val.ppl,
+      loadavg_1m: Deno.loadavg()[0],
+    });
+    ctx.log(
+      `gptq: ${model} ${ref.name}: stream ${r.timing.quantize.toFixed(2)} s, total ` +
+        `${total.toFixed(2)} s, ref ${ref.quant_s.toFixed(2)} s`,
+    );
+  }
+  return points;
+}
+
+/**
+ * The block forward with its capture outputs (the forward part of a Hessian pass) against the
+ * plain forward (a propagate pass), timed alternately on the same shapes (min of `rounds`), so
+ * that their ratio holds whatever the machine's load.
+ */
+async function captureForwardRatio(dir: string, windows: number, seqlen: number, rounds = 2) {
+  const model = await openModel(dir);
+  const rt = new Runtime("cpu");
+  try {
+    const c = model.config;
+    const w = await model.block(0);
+    const x = new Rng(1).normalTensor([windows, seqlen, c.hidden], 0.02);
+    const capture = { onCapture: () => {} };
+    const timing = await timeAlternating({
+      plain: () => runBlock(rt, c, w, x),
+      capture: () => runBlock(rt, c, w, x, capture),
+    }, { rounds, warmup: 1, minReps: 1, minSeconds: 0, maxReps: 1 });
+    const plain = timing.plain.min, withCapture = timing.capture.min;
+    return { windows, plain_s: plain, capture_s: withCapture, ratio: withCapture / plain };
+  } finally {
+    await rt.release();
+    model.close();
+  }
+}
+
+/** Runs (b). */
+async function generatedRun(ctx: BenchContext, tmp: string) {
+  const dir = await ensureLlama(GPTQ_LLAMA, ctx.log);
+  const load_before = Deno.loadavg();
+  ctx.log(`gptq: W4 g128, 128 × 256 on ${dir} (own process)`);
+  const run = await runPipelineProcess("gptq", [
+    ...["--model", dir, "--out", `${tmp}/llama`],
+    ...["--wbits", "4", "--group-size", "128", "--nsamples", "128", "--seqlen", "256"],
+    ...["--eval", ""],
+  ], { log: ctx.log });
+  const load_after = Deno.loadavg();
+  await Deno.remove(`${tmp}/llama`, { recursive: true }).catch(() => {});
+  const r = run.report;
+  ctx.log("gptq: timing the block forward with capture outputs (Hessian pass estimate)");
+  const fwd = await captureForwardRatio(dir, 32, 256);
+  const t = r.timing;
+  // The propagate stage is the plain forward of every block on the same inputs' shapes.
+  const hessianForward = t.stage_propagate * fwd.ratio;
+  const split = {
+    /** The output passes (propagate stage) plus the estimated forward part of the Hessian passes. */
+    block_passes_s: t.stage_propagate + hessianForward,
+    propagate_s: t.stage_propagate,
+    hessian_forward_est_s: hessianForward,
+    /** Hessian stage minus its estimated forward: Gram products, float64 sums, scaling. */
+    hessians_s: t.hessian_seconds - hessianForward,
+    hessian_stage_s: t.hessian_seconds,
+    /** fasterquant (damping, Cholesky inverse, column loop, lazy updates) + relative errors. */
+    gptq_s: t.quantize_seconds,
+    /** In the stream but in no stage: weight reads not hidden by prefetch, block writes. */
+    stream_other_s: t.quantize - t.stage_gptq - t.stage_propagate,
+    /** Outside the stream: tokenization, calibration, embedding, final write. */
+    outside_stream_s: r.seconds - t.quantize,
+  };
+  const perBlock = r.blocks.map((b) => ({
+    block: b.block,
+    stage: b.stage,
+    seconds: b.seconds,
+    ...(typeof b.hessian_seconds === "number" ? { hessian_s: b.hessian_seconds } : {}),
+    ...(typeof b.quantize_seconds === "number" ? { gptq_s: b.quantize_seconds } : {}),
+  }));
+  const MiB = 2 ** 20;
+  return {
+    model: dir,
+    spec: GPTQ_LLAMA,
+    settings: { wbits: 4, group_size: 128, nsamples: 128, seqlen: 256, eval: "none" },
+    seconds: r.seconds,
+    process_wall_s: run.wall_s,
+    peak_rss_bytes: r.peak_rss_bytes,
+    bits_per_weight: r.bits_per_weight,
+    timing: r.timing,
+    split,
+    /** Block 0 forward with / without capture outputs (32 windows), timed in the bench process. */
+    capture_forward: fwd,
+    per_block: perBlock,
+    block_peak_rss_mib: run.block_peak_rss.map((v) => Math.round(v / MiB)),
+    phase_peak_rss_mib: Object.fromEntries(
+      Object.entries(run.phase_peak_rss).map(([k, v]) => [k, Math.round(v / MiB)]),
+    ),
+    loadavg_before: load_before,
+    loadavg_after: load_after,
+    target: GPTQ_LLAMA_TARGET,
+    meets_time_goal: r.seconds <= GPTQ_LLAMA_TARGET.goal_s,
+    meets_rss_goal: r.peak_rss_bytes <= GPTQ_LLAMA_TARGET.goal_peak_rss_bytes,
+  };
+}
+
+function markdown(points: GptqPoint[]): string {
+  const lines = [
+    "| model | config | ours: stream, s | ours: total, s | reference quant_s | ref / ours | ppl (ours / ref) |",
+    "|---|---|---:|---:|---:|---:|---|",
+  ];
+  for (const p of points) {
+    lines.push(
+      `| ${p.model} | ${p.config} | ${p.quantize_s.toFixed(2)} | ${p.total_s.toFixed(2)} | ` +
+        `${p.ref_quant_s.toFixed(2)} | ${p.speedup_total.toFixed(2)} | ` +
+        `${p.ppl.toFixed(3)} / ${p.ref_ppl.toFixed(3)} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+function sum(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0);
+}
+
+/** Runs the GPTQ benchmark. */
+export async function benchGptq(ctx: BenchContext): Promise<BenchRecord> {
+  const tmp = await Deno.makeTempDir({ prefix: "qllm-bench-gptq-" });
+  try {
+    const loadavg_start = Deno.loadavg();
+    const points: GptqPoint[] = [];
+    for (const m of GPTQ_MODELS) points.push(...await fixtureRuns(ctx, m, tmp));
+    const llama = await generatedRun(ctx, tmp);
+    const summary: SummaryRow[] = GPTQ_MODELS.map((m) => {
+      const ps = points.filter((p) => p.model === m);
+      const ours = sum(ps.map((p) => p.total_s)), ref = sum(ps.map((p) => p.ref_quant_s));
+      return {
+        label: `${m}: ${ps.length} GPTQ rows, total`,
+        value: Number(ours.toFixed(1)),
+        unit: "s",
+        note: `stream ${sum(ps.map((p) => p.quantize_s)).toFixed(1)} s; reference ` +
+          `${ref.toFixed(1)} s (×${(ref / ours).toFixed(2)})`,
+      };
+    });
+    const s = llama.split;
+    summary.push(
+      {
+        label: "LLaMA 1024×8 W4 g128 (128×256)",
+        value: Number(llama.seconds.toFixed(1)),
+        unit: "s",
+        note: `ref 253–263 s, goal ≤ 130 s; load ${llama.loadavg_before[0].toFixed(2)}` +
+          `→${llama.loadavg_after[0].toFixed(2)}`,
+      },
+      {
+        label: "LLaMA 1024×8 peak RSS",
+        value: Math.round(llama.peak_rss_bytes / 2 ** 20),
+        unit: "MiB",
+        note: "ref 1.39 GB, goal ≤ 0.5 GB",
+      },
+      {
+        label: "LLaMA 1024×8 split",
+        value: `${s.block_passes_s.toFixed(0)}/${s.hessians_s.toFixed(0)}/${s.gptq_s.toFixed(0)}`,
+        unit: "s",
+        note: "block passes / Hessians / GPTQ; " +
+          `other ${(s.stream_other_s + s.outside_stream_s).toFixed(0)} s`,
+      },
+    );
+    return {
+      loadavg_start,
+      loadavg_end: Deno.loadavg(),
+      fixtures: points,
+      generated: llama,
+      markdown: markdown(points),
+      summary,
+    };
+  } finally {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  }
+}
