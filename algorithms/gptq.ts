@@ -223,7 +223,7 @@ export async function gptq(
         a: { data: Ublk, shape: [count, rest] },
         b: { data: Err, shape: [count, rows] },
         c: { data: Wt.subarray(i2 * rows), shape: [rest, rows] },
-      });
+      }, { arena: false });
       Wt.set(y.y.data, i2 * rows);
     }
   }

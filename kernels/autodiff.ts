@@ -290,7 +290,9 @@ function gatherGrad(c: RuleContext): Value {
   const idx = c.g.int64Values(c.x[1]);
   if (!idx) {
     const ishape = c.shape(c.x[1]);
-    if (ishape.length !== 1) throw new Error("gradients: Gather with run-time indices needs 1-D indices");
+    if (ishape.length !== 1) {
+      throw new Error("gradients: Gather with run-time indices needs 1-D indices");
+    }
     const k = ishape[0];
     const gy3 = g.reshape(c.gy, [pre, k, post]);
     const spread = g.op("Expand", [g.reshape(c.x[1], [1, k, 1]), g.int64([pre, k, post])]);

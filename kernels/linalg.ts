@@ -122,7 +122,7 @@ export async function cholesky(
         a: { data: Lk, shape: [m, k] },
         b: { data: Lk.subarray(0, b * k), shape: [b, k] },
         c: { data: S, shape: [m, b] },
-      })).y.data;
+      }, { arena: false })).y.data;
     }
     const D = Float64Array.from(S.subarray(0, b * b));
     const fail = choleskyF64(D, b);
@@ -173,7 +173,7 @@ export async function invertLower(
         d: { data: Float32Array.from(Xii), shape: [b, b] },
         a: { data: Lrow, shape: [b, i] },
         x: { data: Xi, shape: [i, i] },
-      })).y.data;
+      }, { arena: false })).y.data;
       for (let r = 0; r < b; r++) X.set(y.subarray(r * i, (r + 1) * i), (i + r) * n);
     }
     for (let r = 0; r < b; r++) {

@@ -7,6 +7,9 @@ import { Graph } from "./graph.ts";
 import type { Runtime } from "./session.ts";
 import type { Tensor } from "./tensor.ts";
 
+/** One large product per run: no arena to hold its buffers afterwards. */
+const NO_ARENA = { arena: false } as const;
+
 let mmGraph: Uint8Array | undefined;
 let mmTGraph: Uint8Array | undefined;
 let gramGraph: Uint8Array | undefined;
@@ -23,7 +26,7 @@ export async function matmul(rt: Runtime, a: Tensor, b: Tensor): Promise<Tensor>
   if (a.shape[1] !== b.shape[0]) {
     throw new Error(`matmul: inner sizes differ ([${a.shape}] · [${b.shape}])`);
   }
-  return (await rt.run(mmGraph, { a, b })).c;
+  return (await rt.run(mmGraph, { a, b }, NO_ARENA)).c;
 }
 
 /** a·bᵀ (b given as [n, k], the layout of a linear layer's weight). */
@@ -38,7 +41,7 @@ export async function matmulT(rt: Runtime, a: Tensor, b: Tensor): Promise<Tensor
   if (a.shape[1] !== b.shape[1]) {
     throw new Error(`matmulT: inner sizes differ ([${a.shape}] · [${b.shape}]ᵀ)`);
   }
-  return (await rt.run(mmTGraph, { a, b })).c;
+  return (await rt.run(mmTGraph, { a, b }, NO_ARENA)).c;
 }
 
 /** xᵀ·x for x of shape [m, k]: the k×k Gram matrix. */
@@ -49,5 +52,5 @@ export async function gram(rt: Runtime, x: Tensor): Promise<Tensor> {
     g.output(g.op("Gemm", [v, v], { transA: 1 }), "c");
     return g.toBytes();
   })();
-  return (await rt.run(gramGraph, { x })).c;
+  return (await rt.run(gramGraph, { x }, NO_ARENA)).c;
 }

@@ -15,6 +15,16 @@ export const DEVICES: readonly Device[] = ["cpu", "webgpu", "cuda"];
 /** A feed value: a float tensor, or int64 indices given as a `BigInt64Array` with its shape. */
 export type Feed = Tensor | { int64: BigInt64Array; shape: number[] };
 
+/** How a graph's session is made. */
+export interface SessionOptions {
+  /**
+   * Keep ORT's memory arena (default). Graphs of many small ops need it (without it, every run
+   * maps its buffers afresh); a graph of one large product does not, and its arena would keep
+   * the largest buffers it ever saw for the whole run.
+   */
+  arena?: boolean;
+}
+
 /** Runs graphs on one device and caches their sessions. */
 export class Runtime {
   readonly device: Device;
@@ -30,11 +40,12 @@ export class Runtime {
   }
 
   /** The cached session for a graph, created on first use. */
-  session(bytes: Uint8Array): Promise<ort.InferenceSession> {
-    const key = hashBytes(bytes);
+  session(bytes: Uint8Array, o: SessionOptions = {}): Promise<ort.InferenceSession> {
+    const arena = o.arena ?? true;
+    const key = hashBytes(bytes) + (arena ? "" : ":no-arena");
     let s = this.#sessions.get(key);
     if (!s) {
-      s = this.#create(bytes);
+      s = this.#create(bytes, arena);
       this.#sessions.set(key, s);
       s.catch(() => this.#sessions.delete(key));
     }
@@ -42,8 +53,12 @@ export class Runtime {
   }
 
   /** Runs a graph on named feeds and returns every float output as a Tensor. */
-  async run(bytes: Uint8Array, feeds: Record<string, Feed>): Promise<Record<string, Tensor>> {
-    const s = await this.session(bytes);
+  async run(
+    bytes: Uint8Array,
+    feeds: Record<string, Feed>,
+    o: SessionOptions = {},
+  ): Promise<Record<string, Tensor>> {
+    const s = await this.session(bytes, o);
     const ortFeeds: Record<string, ort.Tensor> = {};
     for (const [name, f] of Object.entries(feeds)) {
       ortFeeds[name] = "int64" in f
@@ -65,7 +80,7 @@ export class Runtime {
     for (const s of all) await (await s).release();
   }
 
-  async #create(bytes: Uint8Array): Promise<ort.InferenceSession> {
+  async #create(bytes: Uint8Array, arena: boolean): Promise<ort.InferenceSession> {
     const opts: ort.InferenceSession.SessionOptions = {
       executionProviders: [this.device],
       intraOpNumThreads: this.#threads,
@@ -75,7 +90,7 @@ export class Runtime {
       // Without the arena, every run mmaps its large buffers afresh and runs up to 7× slower.
       // Each session's arena keeps its own peak, so graphs are built for small batches
       // (models/forward.ts) and grown only by what is requested.
-      enableCpuMemArena: true,
+      enableCpuMemArena: arena,
       extra: {
         session: {
           // Spinning worker threads would take the cores from the TypeScript loops between runs.

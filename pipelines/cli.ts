@@ -85,7 +85,9 @@ export class Progress {
   }
   /** Prints one progress line. */
   log(msg: string): void {
-    if (!this.#quiet) console.error(`[${this.elapsed().toFixed(1).padStart(6)} s] ${msg}`);
+    if (this.#quiet) return;
+    const rss = (Deno.memoryUsage().rss / 2 ** 20).toFixed(0);
+    console.error(`[${this.elapsed().toFixed(1).padStart(6)} s ${rss.padStart(5)} MiB] ${msg}`);
   }
   /** Estimated seconds left after `done` of `total` equal steps. */
   eta(done: number, total: number): string {
