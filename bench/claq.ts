@@ -13,6 +13,7 @@ import { CLAQ_DYNAMIC_OUTLIERS } from "../algorithms/claq.ts";
 import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import { type LinearName, linearShape, type ModelConfig } from "../models/config.ts";
 import { openModel } from "../models/model.ts";
+import { writeReadmeSection } from "./readme.ts";
 import type { QuantizeReport } from "../pipelines/quantize.ts";
 import { type QuantizeRun, RunCache, runQuantization } from "../pipelines/quantize.ts";
 import type { Stage } from "../stages/job.ts";
@@ -217,6 +218,7 @@ export async function benchClaq(ctx: BenchContext): Promise<BenchRecord> {
       note: `${p.bits_per_weight.toFixed(3)} bits/weight (index ${p.index_bits.toFixed(2)}), ` +
         `${p.quantize_s.toFixed(1)} s`,
     }));
+    await writeReadmeSection("claq", claqMarkdown(points));
     return {
       calibration: { nsamples: 128, seqlen: 256, seed: 0 },
       eval: { file: VAL, windows: 256 },
