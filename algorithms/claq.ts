@@ -25,8 +25,11 @@ export const OUTLIER_THRESHOLD = 13;
  * outliers keep `highRatio` of their entries in each tail, the others `lowRatio`.
  */
 export interface OutlierReservation {
+  /** Fraction of columns, those with most outliers, that keep `highRatio`. */
   topFraction: number;
+  /** Fraction of entries per tail kept in full precision in the top columns. */
   highRatio: number;
+  /** Fraction of entries per tail kept in full precision in the other columns. */
   lowRatio: number;
 }
 
@@ -51,8 +54,11 @@ export interface ClaqOptions {
    * outlier rank; omitted or 0 = none.
    */
   outlierRatio?: number | OutlierReservation;
+  /** Quantize columns in order of decreasing diag(H) (false). */
   actOrder?: boolean;
+  /** Columns per lazy-update block (128). */
   blockSize?: number;
+  /** Damping as a fraction of mean(diag H) (0.01). */
   percdamp?: number;
 }
 
@@ -77,9 +83,13 @@ export interface ClaqResult {
   bitsPerWeight: number;
   /** GPTQ's loss Σ (w − q)² / U_ii² / 2. */
   error: number;
+  /** null; | Processing position → original column when act-order, else null. */
   perm: Int32Array | null;
+  /** Damping finally added to diag(H) (0 after a fallback). */
   damp: number;
+  /** True when no damping made H factorisable and columns were rounded to their codebooks without error feedback. */
   fellBack: boolean;
+  /** What went wrong when it fell back. */
   warning?: string;
 }
 

@@ -23,7 +23,9 @@ export interface PreparedWeight {
    * feedback. Read it during the factory call only (the sweep updates it in place).
    */
   columns: Float32Array;
+  /** Entries per column (output channels). */
   rows: number;
+  /** Number of columns (input channels). */
   cols: number;
   /** Processing position → original column (act-order), or null for the identity. */
   perm: Int32Array | null;
@@ -39,6 +41,7 @@ export type ColumnQuantizerFactory = (prep: PreparedWeight) => ColumnQuantizer;
 export interface GptqOptions {
   /** 2..8 (ignored by a custom `quantizeColumn`). */
   bits: number;
+  /** Symmetric range, zero point fixed at (maxq+1)/2 (false). */
   sym?: boolean;
   /** Columns per group; 0 = per output channel. */
   groupSize: number;
@@ -50,6 +53,7 @@ export interface GptqOptions {
   blockSize?: number;
   /** Damping as a fraction of mean(diag H) (0.01). */
   percdamp?: number;
+  /** Shrink-grid search for the range minimising Σ|q−x|^2.4 instead of min-max (false). */
   mse?: boolean;
   /** Replaces the min-max quantizer of each column (CLAQ). */
   quantizeColumn?: ColumnQuantizerFactory;
@@ -63,7 +67,9 @@ export interface GptqResult {
   weight: Tensor;
   /** `[out, nGroups]` row-major; empty with a custom column quantizer. */
   scale: Float32Array;
+  /** Zero points, shaped like `scale`. */
   zero: Float32Array;
+  /** Groups per row (1 per channel; 0 with a custom column quantizer). */
   nGroups: number;
   /** Group of every original column (GPTQ's `g_idx`). */
   gIdx: Int32Array;
@@ -75,6 +81,7 @@ export interface GptqResult {
   damp: number;
   /** True when no damping made H factorisable and the layer was rounded to nearest. */
   fellBack: boolean;
+  /** What went wrong when it fell back. */
   warning?: string;
 }
 

@@ -127,7 +127,11 @@ export function applyLet(
  * `actMax` is the channel's max |activation| over the calibration tokens and `weightMax` the
  * max |weight| over the consumers' column c.
  */
-export function smoothScale(actMax: ArrayLike<number>, weightMax: ArrayLike<number>, alpha = 0.5) {
+export function smoothScale(
+  actMax: ArrayLike<number>,
+  weightMax: ArrayLike<number>,
+  alpha = 0.5,
+): Float32Array {
   return Float32Array.from(actMax, (a, i) => {
     const s = Math.max(a, 1e-5) ** alpha / Math.max(weightMax[i], 1e-5) ** (1 - alpha);
     return Math.max(s, 1e-5);

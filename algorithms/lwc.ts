@@ -11,6 +11,7 @@ import type { Graph, Value } from "../kernels/graph.ts";
 
 /** How a weight is quantized inside a training graph. */
 export interface LwcSpec {
+  /** Bits per weight. */
   bits: number;
   /** Input columns per group; 0 = per output channel. Must divide the input width. */
   groupSize: number;

@@ -29,6 +29,7 @@ export interface QuantSpec {
 
 /** Per-row quantization parameters. */
 export interface QuantParams {
+  /** Step size of every row. */
   scale: Float32Array;
   /** Zero point: an integer-valued float in [0, maxq]. */
   zero: Float32Array;
@@ -209,7 +210,9 @@ export interface RtnResult {
   weight: Tensor;
   /** `[out, nGroups]` row-major (nGroups = 1 per channel); empty when bits ≥ 16. */
   scale: Float32Array;
+  /** Zero points, shaped like `scale`. */
   zero: Float32Array;
+  /** Groups per row (1 per channel; 0 when bits ≥ 16). */
   nGroups: number;
 }
 

@@ -35,7 +35,9 @@ export type GradThunk = () => Value;
 
 /** What a rule sees: the node, its inputs and outputs, the output's gradient and helpers. */
 export interface RuleContext {
+  /** The graph being differentiated; rules add their gradient nodes to it. */
   readonly g: Graph;
+  /** The node whose inputs' gradients the rule builds. */
   readonly node: GraphNode;
   /** The node's inputs (a missing optional input has the name `""`). */
   readonly x: readonly Value[];

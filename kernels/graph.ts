@@ -33,6 +33,7 @@ export function isFloatType(t: number): boolean {
 
 /** A named value inside a graph under construction. */
 export interface Value {
+  /** The value's name in the graph (an input, constant or node output). */
   readonly name: string;
 }
 
@@ -46,9 +47,13 @@ export type Dim = number | string;
 
 /** A node as the builder recorded it; a missing optional input is the empty string. */
 export interface GraphNode {
+  /** The operator type (`MatMul`, `Gemm`, …). */
   readonly type: string;
+  /** Names of the input values, in operator order. */
   readonly inputs: readonly string[];
+  /** Names of the output values, in operator order. */
   readonly outputs: readonly string[];
+  /** The node's attributes by name. */
   readonly attrs: Readonly<Record<string, Attr>>;
   /** `""` for the default ONNX domain. */
   readonly domain: string;
@@ -56,15 +61,21 @@ export interface GraphNode {
 
 /** A constant tensor (initializer): float32 data, or int64 values as numbers. */
 export interface GraphConstant {
+  /** Element type: {@linkcode DType.float32} or {@linkcode DType.int64}. */
   readonly dtype: DTypeCode;
+  /** Static shape (`[]` for a scalar). */
   readonly shape: readonly number[];
+  /** Row-major values: a Float32Array for float32, numbers for int64. */
   readonly data: Readonly<Float32Array> | readonly number[];
 }
 
 /** A declared graph input. */
 export interface GraphInput {
+  /** The input's name (the feed key). */
   readonly name: string;
+  /** Declared shape; symbolic dimensions are strings. */
   readonly shape: readonly Dim[];
+  /** Element type (float32 unless declared otherwise). */
   readonly dtype: DTypeCode;
 }
 
@@ -159,42 +170,55 @@ export class Graph {
   }
 
   // Common operators, named as in ONNX.
+  /** `MatMul`: the matrix product `a·b` (numpy broadcasting over leading axes). */
   matmul(a: Value, b: Value): Value {
     return this.op("MatMul", [a, b]);
   }
+  /** `Add`: elementwise `a + b` (broadcasting). */
   add(a: Value, b: Value): Value {
     return this.op("Add", [a, b]);
   }
+  /** `Sub`: elementwise `a − b` (broadcasting). */
   sub(a: Value, b: Value): Value {
     return this.op("Sub", [a, b]);
   }
+  /** `Mul`: elementwise `a·b` (broadcasting). */
   mul(a: Value, b: Value): Value {
     return this.op("Mul", [a, b]);
   }
+  /** `Div`: elementwise `a / b` (broadcasting). */
   div(a: Value, b: Value): Value {
     return this.op("Div", [a, b]);
   }
+  /** `Reshape` to a constant `shape` (ONNX rules: 0 copies a dimension, −1 is inferred). */
   reshape(a: Value, shape: number[]): Value {
     return this.op("Reshape", [a, this.int64(shape)]);
   }
+  /** `Transpose`: output axis i is input axis `perm[i]`. */
   transpose(a: Value, perm: number[]): Value {
     return this.op("Transpose", [a], { perm });
   }
+  /** `ReduceMean` over `axes`; `keepdims` 1 (default) keeps them as size 1. */
   reduceMean(a: Value, axes: number[], keepdims = 1): Value {
     return this.op("ReduceMean", [a, this.int64(axes)], { keepdims });
   }
+  /** `ReduceMax` over `axes`; `keepdims` 1 (default) keeps them as size 1. */
   reduceMax(a: Value, axes: number[], keepdims = 1): Value {
     return this.op("ReduceMax", [a, this.int64(axes)], { keepdims });
   }
+  /** `ReduceMin` over `axes`; `keepdims` 1 (default) keeps them as size 1. */
   reduceMin(a: Value, axes: number[], keepdims = 1): Value {
     return this.op("ReduceMin", [a, this.int64(axes)], { keepdims });
   }
+  /** `ReduceSum` over `axes`; `keepdims` 1 (default) keeps them as size 1. */
   reduceSum(a: Value, axes: number[], keepdims = 1): Value {
     return this.op("ReduceSum", [a, this.int64(axes)], { keepdims });
   }
+  /** `Slice`: `[starts[i], ends[i])` along each of `axes` (step 1). */
   slice(a: Value, starts: number[], ends: number[], axes: number[]): Value {
     return this.op("Slice", [a, this.int64(starts), this.int64(ends), this.int64(axes)]);
   }
+  /** `Concat` of `vs` along `axis`. */
   concat(vs: Value[], axis: number): Value {
     return this.op("Concat", vs, { axis });
   }

@@ -9,7 +9,9 @@ import { type Attr, attrNumber, type Graph, type GraphNode } from "./graph.ts";
 
 /** A float64 tensor in row-major order. */
 export interface InterpTensor {
+  /** Values, row-major. */
   data: Float64Array;
+  /** Dimensions (`[]` for a scalar). */
   shape: number[];
 }
 

@@ -22,6 +22,7 @@ export interface KMeans1D {
 
 /** A fitted codebook with the cluster of every input value. */
 export interface KMeans1DAssigned extends KMeans1D {
+  /** Index into `centroids` of every input value, in input order. */
   assignment: Uint16Array;
 }
 

@@ -7,8 +7,11 @@
 
 /** A named learnable tensor. */
 export interface Param {
+  /** Name for errors and checkpoints. */
   name: string;
+  /** The values, updated in place by the optimizer. */
   data: Float32Array;
+  /** Shape of `data` (row-major). */
   shape: number[];
   /** Learning rate of this parameter group (the schedule multiplies it). */
   lr: number;
@@ -20,7 +23,7 @@ export interface Param {
 export type Schedule = (t: number, total: number) => number;
 
 /** Constant learning rate. */
-export const constant: Schedule = () => 1;
+export const constant: Schedule = (): number => 1;
 
 /** Linear decay from 1 to 0 over the run after `warmup` linear warm-up steps (HF "linear"). */
 export function linearDecay(warmup = 0): Schedule {
@@ -38,6 +41,7 @@ export function cosineDecay(floor = 0): Schedule {
 
 /** AdamW (Loshchilov & Hutter) with torch's defaults: β = (0.9, 0.999), ε = 1e-8. */
 export class AdamW {
+  /** The parameters it updates, in the order of the gradients given to {@linkcode step}. */
   readonly params: Param[];
   #m: Float64Array[];
   #v: Float64Array[];
@@ -46,6 +50,7 @@ export class AdamW {
   #beta2: number;
   #eps: number;
 
+  /** Optimizes `params`; `o` overrides β1 (0.9), β2 (0.999) and ε (1e-8). */
   constructor(params: Param[], o: { beta1?: number; beta2?: number; eps?: number } = {}) {
     this.params = params;
     this.#m = params.map((p) => new Float64Array(p.data.length));
@@ -110,8 +115,10 @@ export class NanGuard {
   #params: Param[];
   /** Step at which training was stopped, if it was. */
   stoppedAt: number | null = null;
+  /** Why training was stopped (`loss NaN`, `non-finite gradient of …`); `""` while it runs. */
   reason = "";
 
+  /** Guards `params`, taking their current values as the first good ones. */
   constructor(params: Param[]) {
     this.#params = params;
     this.#good = params.map((p) => p.data.slice());

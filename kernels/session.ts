@@ -27,10 +27,12 @@ export interface SessionOptions {
 
 /** Runs graphs on one device and caches their sessions. */
 export class Runtime {
+  /** The execution device every session of this runtime uses. */
   readonly device: Device;
   #sessions = new Map<string, Promise<ort.InferenceSession>>();
   #threads: number;
 
+  /** A runtime on `device` (cpu by default) with `threads` intra-op threads (default: all cores). */
   constructor(device: Device = "cpu", threads = navigator.hardwareConcurrency ?? 2) {
     if (!DEVICES.includes(device)) {
       throw new Error(`--device: unknown device "${device}" (expected ${DEVICES.join(", ")})`);

@@ -6,7 +6,9 @@
 
 /** A row-major float32 tensor. */
 export interface Tensor {
+  /** The values, row-major; length is the product of `shape`. */
   data: Float32Array;
+  /** Dimensions, outermost first (`[]` for a scalar). */
   shape: number[];
 }
 
@@ -50,6 +52,7 @@ export class Rng {
   #s0: number;
   #s1: number;
   #spare: number | null = null;
+  /** A generator seeded with `seed` (1 by default); equal seeds give equal sequences. */
   constructor(seed = 1) {
     this.#s0 = (seed ^ 0x9e3779b9) >>> 0 || 1;
     this.#s1 = (Math.imul(seed, 0x85ebca6b) ^ 0xc2b2ae35) >>> 0 || 2;

@@ -12,6 +12,7 @@ import { blockTensorShapes, type ModelConfig } from "./config.ts";
 export interface BlockGraphOptions {
   /** Batch (windows) and sequence length the graph is built for. */
   batch: number;
+  /** Tokens per window (T). */
   seqlen: number;
   /** Per-token asymmetric fake quantization of each linear's input at this many bits (≥ 16: off). */
   abits?: number;
@@ -207,7 +208,9 @@ export function addBlock(
 
 /** What the head graph returns. */
 export interface HeadGraphOptions {
+  /** Windows per run (B). */
   batch: number;
+  /** Tokens per window (T). */
   seqlen: number;
   /** `nll`: per-token negative log-likelihood of `targets` [B, T−1]; `logits`: [B, T, V]. */
   output: "nll" | "logits";

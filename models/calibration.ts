@@ -28,9 +28,13 @@ export function calibrationStarts(
 
 /** Calibration windows: `data` holds `nsamples` windows of `seqlen` ids, row after row. */
 export interface CalibrationWindows {
+  /** Token ids, `[nsamples, seqlen]` row-major. */
   data: Int32Array;
+  /** Start position of each window in the source stream. */
   starts: number[];
+  /** Number of windows. */
   nsamples: number;
+  /** Tokens per window. */
   seqlen: number;
 }
 

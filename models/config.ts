@@ -8,15 +8,25 @@
 export interface ModelConfig {
   /** `llama`, `mistral` or `qwen2` (HF `model_type`); llama2.c checkpoints are `llama`. */
   modelType: "llama" | "mistral" | "qwen2";
+  /** Model width (`hidden_size`). */
   hidden: number;
+  /** MLP width (`intermediate_size`). */
   intermediate: number;
+  /** Decoder blocks (`num_hidden_layers`). */
   layers: number;
+  /** Query heads (`num_attention_heads`). */
   heads: number;
+  /** Key/value heads (`num_key_value_heads`; fewer than `heads` for grouped-query attention). */
   kvHeads: number;
+  /** Width of one head (`head_dim`, default hidden / heads); even. */
   headDim: number;
+  /** Vocabulary size (`vocab_size`). */
   vocab: number;
+  /** Longest sequence the model runs (`max_position_embeddings`). */
   maxSeq: number;
+  /** RMSNorm epsilon (`rms_norm_eps`, default 1e-6; 1e-5 for llama2.c). */
   rmsEps: number;
+  /** RoPE base frequency (`rope_theta`, default 10000). */
   ropeTheta: number;
   /** Input and output embeddings share one matrix. */
   tiedEmbeddings: boolean;
@@ -36,7 +46,9 @@ export interface ModelConfig {
   extraTensors?: Record<string, number[]>;
   /** Mistral-style sliding attention window; sequences longer than it are refused. */
   slidingWindow?: number;
+  /** Beginning-of-sequence token id (`bos_token_id`, default 1). */
   bos: number;
+  /** End-of-sequence token id (`eos_token_id`, default 2). */
   eos: number;
 }
 

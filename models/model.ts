@@ -20,7 +20,9 @@ export type BlockWeights = Record<string, Tensor>;
 export interface ModelSource {
   /** The directory or file it was opened from. */
   readonly path: string;
+  /** `hf` for a Hugging Face directory, `llama2c` for a llama2.c checkpoint. */
   readonly format: "hf" | "llama2c";
+  /** The model's shape and options. */
   readonly config: ModelConfig;
   /** Token embedding [vocab, hidden]. */
   embedding(): Promise<Tensor>;
@@ -30,6 +32,7 @@ export interface ModelSource {
   finalNorm(): Promise<Tensor>;
   /** Output projection [vocab, hidden] (the embedding when tied). */
   head(): Promise<Tensor>;
+  /** Releases the open files; no reads after it. */
   close(): void;
 }
 

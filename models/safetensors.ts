@@ -26,23 +26,33 @@ export type RawData = Float32Array | Int32Array | Int8Array | Uint8Array;
 
 /** What the header says about one tensor. */
 export interface TensorInfo {
+  /** Stored element type. */
   dtype: Dtype;
+  /** Dimensions (`[]` for a scalar). */
   shape: number[];
+  /** Size of the tensor's data in the file, in bytes. */
   byteLength: number;
 }
 
 /** A tensor in its stored integer form (floating dtypes come back as Float32Array). */
 export interface RawTensor {
+  /** Stored element type. */
   dtype: Dtype;
+  /** Dimensions (`[]` for a scalar). */
   shape: number[];
+  /** The values, row-major (a Float32Array for F32, F16 and BF16). */
   data: RawData;
 }
 
 /** One tensor for `writeSafetensors`. */
 export interface TensorEntry {
+  /** Tensor name in the header. */
   name: string;
+  /** Stored element type (F16/BF16 are rounded from a Float32Array). */
   dtype: WritableDtype;
+  /** Dimensions (`[]` for a scalar). */
   shape: number[];
+  /** The values, row-major (a Float32Array for F32, F16 and BF16). */
   data: RawData;
 }
 
@@ -66,6 +76,7 @@ export class SafetensorsError extends Error {
   readonly path: string;
   /** The tensor concerned, if any. */
   readonly tensor?: string;
+  /** An error about `path`, and about `tensor` when given. */
   constructor(path: string, message: string, tensor?: string) {
     super(tensor === undefined ? `${path}: ${message}` : `${path}: tensor "${tensor}": ${message}`);
     this.name = "SafetensorsError";

@@ -8,7 +8,9 @@ import type { TextTokenizer } from "./tokenizer.ts";
 
 /** One chat message of a `messages` JSONL line. */
 export interface ChatMessage {
+  /** Speaker role (`system`, `user`, `assistant`, …). */
   role: string;
+  /** Message text. */
   content: string;
 }
 

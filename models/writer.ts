@@ -23,7 +23,9 @@ export type ConfigExtras = Record<string, unknown>;
 
 /** Streams a model into `outDir`; nothing appears under `outDir` until {@linkcode finish}. */
 export class ModelWriter {
+  /** Final output directory (trailing slashes removed). */
   readonly outDir: string;
+  /** Temporary sibling directory written into, renamed to `outDir` by {@linkcode finish}. */
   readonly tmpDir: string;
   #config: ModelConfig;
   #weights: CheckpointWriter;

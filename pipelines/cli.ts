@@ -76,6 +76,7 @@ export function actSchemeFlag(v: unknown, abits: number): "token" | "static" {
 export class Progress {
   #t0 = performance.now();
   #quiet: boolean;
+  /** Starts the clock; `quiet` suppresses every line. */
   constructor(quiet = false) {
     this.#quiet = quiet;
   }

@@ -27,20 +27,25 @@ export interface PerplexityOptions {
   abits?: number;
   /** Per-token q/k/v fake quantization (bits); default: the model config's `kv_bits`. */
   kvBits?: number;
+  /** Per-block progress lines (none by default). */
   progress?: Progress;
 }
 
 /** A perplexity measurement. */
 export interface PerplexityResult {
+  /** Perplexity: exp(nll). */
   ppl: number;
   /** Mean NLL over windows (nats per token). */
   nll: number;
+  /** Windows evaluated. */
   windows: number;
   /** Tokens in the evaluated windows. */
   tokens: number;
   /** Tokens whose NLL was scored (seqlen − 1 per window). */
   tokensScored: number;
+  /** Mean NLL of every window (nats per token). */
   perWindowNll: Float64Array;
+  /** Wall-clock time of the evaluation. */
   seconds: number;
 }
 

@@ -20,7 +20,9 @@ import { intFlag, parseFlags, runMain } from "./cli.ts";
 
 /** Export settings. */
 export interface ExportOptions {
+  /** Batch size (B) fixed in the exported graph. */
   batch: number;
+  /** Sequence length (T) fixed in the exported graph. */
   seqlen: number;
 }
 

@@ -18,6 +18,7 @@ import { modelDir } from "./eval.ts";
 export interface GreedyOptions {
   /** New tokens to produce (stops early at EOS). */
   tokens: number;
+  /** Per-token activation fake quantization of every linear input (bits; none by default). */
   abits?: number;
 }
 

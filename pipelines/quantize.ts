@@ -24,6 +24,7 @@ import { defaultSeqlen, modelDir, perplexity } from "./eval.ts";
 export interface QuantizeRun {
   /** Method name for the report (`rtn`, `gptq`, …). */
   method: string;
+  /** Weight bits. */
   wbits: number;
   /** Run-time activation bits (16 = none). */
   abits: number;
@@ -31,6 +32,7 @@ export interface QuantizeRun {
   kvBits?: number;
   /** Weight group size (0 = per channel). */
   groupSize: number;
+  /** Source model: a Hugging Face directory or a llama2.c checkpoint. */
   model: string;
   /** Output directory (fake-quantized model, learned state, report). */
   out: string;
@@ -38,11 +40,15 @@ export interface QuantizeRun {
   stages: (ctx: RunContext) => Stage[];
   /** Keep the full-precision teacher chain (needed by `capture()`). */
   teacher?: boolean;
+  /** Calibration data: text file, windows, window length (default min(256, max positions)), seed. */
   calib: { file: string; nsamples: number; seqlen?: number; seed: number };
+  /** Evaluation texts and windows per text (default all). */
   eval: { files: string[]; windows?: number };
+  /** Execution device (cpu). */
   device?: Device;
   /** Settings echoed into the report. */
   settings?: Record<string, unknown>;
+  /** No progress lines on stderr. */
   quiet?: boolean;
   /** Reuses tokenized texts and full-precision perplexities across runs in one process. */
   cache?: RunCache;
@@ -55,7 +61,9 @@ export interface QuantizeRun {
  * evaluating the original model), for sweeps and tests that run many configurations.
  */
 export class RunCache {
+  /** Token ids by model and text file. */
   readonly ids: Map<string, Int32Array> = new Map();
+  /** Full-precision perplexity by model, text file, window length and window count. */
   readonly fpPpl: Map<string, number> = new Map();
 
   /** Memoizes `f` under `key` in `map`. */
@@ -69,19 +77,33 @@ export class RunCache {
 
 /** The run report (also written to `<out>/report.json`). */
 export interface QuantizeReport {
+  /** Method name (`rtn`, `gptq`, …). */
   method: string;
+  /** Weight bits. */
   wbits: number;
+  /** Run-time activation bits (16 = none). */
   abits: number;
+  /** Weight group size (0 = per channel). */
   group_size: number;
+  /** Stored bits per linear weight, metadata included (32 when nothing was stored). */
   bits_per_weight: number;
+  /** Wall-clock time of the whole run. */
   seconds: number;
+  /** Peak resident set size of the process, in bytes. */
   peak_rss_bytes: number;
+  /** Perplexity per evaluation file, full-precision and quantized. */
   eval: Record<string, { fp: number; quant: number }>;
+  /** Source model path. */
   model: string;
+  /** Output directory. */
   out: string;
+  /** The run's settings, as given. */
   settings: Record<string, unknown>;
+  /** Calibration data actually used, with the windows' start positions. */
   calibration: { file: string; nsamples: number; seqlen: number; seed: number; starts: number[] };
+  /** Seconds per stage and sub-step (`stage_gptq`, `hessian_seconds`, …), summed over blocks. */
   timing: Record<string, number>;
+  /** Every stage report of every block, in order. */
   blocks: StageReport[];
 }
 

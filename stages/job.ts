@@ -19,8 +19,11 @@ export type LearnedState = Record<string, Tensor | { int32: Int32Array; shape: n
 
 /** One stage's figures for the run report. */
 export interface StageReport {
+  /** Stage name. */
   stage: string;
+  /** Decoder layer index. */
   block: number;
+  /** Wall-clock time the stage spent on this block. */
   seconds: number;
   /** Per linear layer (HF name relative to the block) figures, e.g. errors and bits. */
   layers?: Record<string, Record<string, number | string | boolean>>;
@@ -30,7 +33,9 @@ export interface StageReport {
 
 /** Settings shared by every stage of one run (read-only). */
 export interface RunContext {
+  /** Where the run's graphs execute. */
   rt: Runtime;
+  /** The model being quantized. */
   config: ModelConfig;
   /** Calibration window length. */
   seqlen: number;
@@ -46,6 +51,7 @@ export interface RunContext {
 export interface BlockJob {
   /** Decoder layer index. */
   index: number;
+  /** The run's shared settings. */
   ctx: RunContext;
   /**
    * This block's tensors. Stages replace entries with new tensors (fake-quantized, folded, …)
@@ -66,6 +72,7 @@ export interface BlockJob {
   learned: LearnedState;
   /** Bits actually stored per linear weight, for the run's bits-per-weight figure. */
   storage: Record<string, { weights: number; bits: number }>;
+  /** Reports of the stages this block has passed through, in order. */
   report: StageReport[];
 }
 

@@ -16,6 +16,7 @@ import type { ChannelStats, ReconstructionMethod } from "./reconstruct.ts";
 
 /** OmniQuant / ABQ-LLM settings. */
 export interface OmniQuantOptions {
+  /** Weight bits. */
   wbits: number;
   /** Input columns per weight group; 0 = per output channel. */
   groupSize: number;
@@ -25,7 +26,9 @@ export interface OmniQuantOptions {
   letPoints: readonly LetPoint[];
   /** SmoothQuant migration strength of the LET initialisation (0.5). */
   alpha?: number;
+  /** Learning rate of the clipping factors (1e-2). */
   lwcLr?: number;
+  /** Learning rate of the LET scales and shifts (5e-3). */
   letLr?: number;
   /** ABQ-LLM: rank-1 compensation W + a·b on down_proj in these blocks (lr 1e-2). */
   compensationBlocks?: (block: number, layers: number) => boolean;

@@ -54,6 +54,7 @@ export interface ReconstructionMethod {
 
 /** Training settings. */
 export interface TrainOptions {
+  /** Passes over the calibration samples per block (0: no training). */
   epochs: number;
   /** Calibration samples per step (1). */
   batch?: number;

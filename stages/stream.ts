@@ -43,12 +43,15 @@ export class ChainLink {
 
 /** Where the stream starts. */
 export interface SourceOptions {
+  /** The model whose blocks are read. */
   model: ModelSource;
+  /** The run's shared settings, put on every job. */
   ctx: RunContext;
   /** Block-0 inputs of the student chain (the embedded calibration windows). */
   input: Activations;
   /** Keep a full-precision teacher chain (block-0 teacher input = `input`). */
   teacher: boolean;
+  /** Where the sink hands each block's outputs back as the next block's inputs. */
   link: ChainLink;
 }
 
@@ -86,9 +89,11 @@ export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
 
 /** What the sink hands back when the stream ends. */
 export interface SinkResult {
+  /** Every stage report of every block, in order. */
   reports: StageReport[];
   /** Block tensors beyond the standard LLaMA ones (reassembly maps, …), name → shape. */
   extraTensors: Record<string, number[]>;
+  /** Weights and stored bits per linear weight (`model.layers.{i}.…`), for the bits-per-weight figure. */
   storage: Record<string, { weights: number; bits: number }>;
 }
 

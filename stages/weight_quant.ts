@@ -11,9 +11,11 @@ import { type LinearQuantizer, quantizeLinears } from "./quantize_linears.ts";
 
 /** Uniform weight quantization settings shared by RTN and GPTQ. */
 export interface UniformOptions {
+  /** Weight bits, 2..8. */
   bits: number;
   /** Input columns per group; 0 = per output channel. */
   groupSize: number;
+  /** Symmetric range, zero point fixed at (maxq+1)/2 (false). */
   sym?: boolean;
   /** GPTQ's MSE range search instead of min-max. */
   mse?: boolean;
@@ -67,10 +69,15 @@ export function rtn(o: UniformOptions & { trueSequential?: boolean }): Stage {
 
 /** GPTQ settings. */
 export interface GptqStageOptions extends UniformOptions {
+  /** Quantize columns in order of decreasing diag(H) (`--act-order`). */
   actOrder: boolean;
+  /** Group parameters fixed up front from the original W (`--static-groups`). */
   staticGroups: boolean;
+  /** Re-capture inputs after each group of layers (`--true-sequential`). */
   trueSequential: boolean;
+  /** Damping as a fraction of mean(diag H) (0.01). */
   percdamp?: number;
+  /** Columns per lazy-update block (128). */
   blockSize?: number;
 }
 
@@ -118,8 +125,11 @@ export interface ClaqStageOptions {
   targetBits?: number;
   /** Full-precision outliers kept per column (fraction), or ratios by outlier rank. */
   outlierRatio?: number | OutlierReservation;
+  /** Quantize columns in order of decreasing diag(H). */
   actOrder: boolean;
+  /** Re-capture inputs after each group of layers. */
   trueSequential: boolean;
+  /** Damping as a fraction of mean(diag H) (0.01). */
   percdamp?: number;
 }
 
