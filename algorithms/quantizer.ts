@@ -55,8 +55,8 @@ export function roundHalfEven(x: number): number {
 
 /** Throws unless `bits` is an integer in 2..8 (or ≥ 16, "off"). */
 export function checkBits(bits: number): void {
-  if (!Number.isInteger(bits) || ((bits < 2 || bits > 8) && bits < 16)) {
-    throw new Error(`--bits: ${bits} is not a supported bit width (2..8, or 16 = off)`);
+  if (!Number.isInteger(bits) || bits < 2) {
+    throw new Error(`--bits: ${bits} is not a supported bit width (2..15, or 16 = off)`);
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import { gptqStage } from "../stages/weight_quant.ts";
 import { propagate } from "../stages/propagate.ts";
-import { intFlag, numFlag, parseFlags, runMain } from "./cli.ts";
+import { intFlag, numFlag, parseFlags, runMain, UsageError } from "./cli.ts";
 import {
   COMMON_FLAGS,
   COMMON_USAGE,
@@ -40,7 +40,7 @@ export async function gptqMain(argv: string[]): Promise<QuantizeReport | undefin
     return;
   }
   const bits = intFlag(f.wbits, "--wbits", 4, 2);
-  if (bits > 8) throw new Error(`--wbits ${bits}: GPTQ takes 2 to 8 bits`);
+  if (bits > 15) throw new UsageError(`--wbits ${bits}: GPTQ takes 2 to 15 bits`);
   const groupSize = intFlag(f["group-size"], "--group-size", 0, 0);
   const o = {
     bits,

@@ -68,7 +68,7 @@ export interface QllmOptions {
 /** Reads and validates the QLLM flags. */
 export function qllmOptions(f: Record<string, unknown>): QllmOptions {
   const wbits = intFlag(f.wbits, "--wbits", 4, 2);
-  if (wbits > 8 && wbits < 16) throw new UsageError(`--wbits ${wbits}: expected 2 to 8, or 16`);
+  if (wbits > 16) throw new UsageError(`--wbits ${wbits}: expected 2 to 16 (16: not quantized)`);
   const numLayer = intFlag(f["num-layer"], "--num-layer", 1);
   if (numLayer !== 1) {
     throw new UsageError(

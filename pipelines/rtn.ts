@@ -7,7 +7,7 @@
 import { propagate } from "../stages/propagate.ts";
 import { rtn } from "../stages/weight_quant.ts";
 import { staticActivations } from "../stages/static_activations.ts";
-import { actSchemeFlag, intFlag, parseFlags, runMain } from "./cli.ts";
+import { actSchemeFlag, intFlag, parseFlags, runMain, UsageError } from "./cli.ts";
 import {
   COMMON_FLAGS,
   COMMON_USAGE,
@@ -41,7 +41,8 @@ export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefine
   }
   const bits = intFlag(f.wbits, "--wbits", 4, 2);
   const abits = intFlag(f.abits, "--abits", 16, 2);
-  if (bits > 8 && bits < 16) throw new Error(`--wbits ${bits}: expected 2 to 8, or 16 (off)`);
+  if (bits > 16) throw new UsageError(`--wbits ${bits}: expected 2 to 16 (16: not quantized)`);
+  if (abits > 16) throw new UsageError(`--abits ${abits}: expected 2 to 16 (16: not quantized)`);
   const groupSize = intFlag(f["group-size"], "--group-size", 0, 0);
   const scheme = actSchemeFlag(f["act-scheme"], abits);
   const o = {
