@@ -8,13 +8,13 @@
  * @module
  */
 import { ABQ_POINTS, OMNIQUANT_POINTS } from "../algorithms/let.ts";
-import { outlierModel } from "../fixtures/outliers.ts";
-import { fixtureModel, fixtureText, PROJECT_ROOT } from "../fixtures/paths.ts";
+import { fixtureText } from "../fixtures/paths.ts";
 import { RunCache, runQuantization } from "../pipelines/quantize.ts";
 import { FIRST_AND_LAST, omniquantMethod } from "../stages/omniquant.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { reconstruct } from "../stages/reconstruct.ts";
 import { rtn } from "../stages/weight_quant.ts";
+import { fixtureAndOutliers } from "./models.ts";
 import { writeReadmeSection } from "./readme.ts";
 import type { BenchContext, BenchRecord } from "./types.ts";
 
@@ -24,17 +24,7 @@ const METHODS = ["rtn", "omniquant", "abq"] as const;
 /** Runs the table. */
 export async function benchLearned(ctx: BenchContext): Promise<BenchRecord> {
   const epochs = Number(Deno.env.get("BENCH_EPOCHS") ?? 10);
-  const models: [string, string][] = [
-    ["tinystories-656k", fixtureModel("tinystories-656k")],
-    [
-      "tinystories-656k + outliers",
-      await outlierModel(
-        fixtureModel("tinystories-656k"),
-        `${PROJECT_ROOT}/fixtures/generated/tinystories-656k-outliers-s50`,
-        { scale: 50, fraction: 0.02, seed: 0 },
-      ),
-    ],
-  ];
+  const models = await fixtureAndOutliers();
   const tmp = await Deno.makeTempDir();
   const rows: Record<string, unknown>[] = [];
   try {

@@ -7,8 +7,7 @@
  * @module
  */
 import { OMNIQUANT_POINTS } from "../algorithms/let.ts";
-import { outlierModel } from "../fixtures/outliers.ts";
-import { fixtureModel, fixtureText, PROJECT_ROOT } from "../fixtures/paths.ts";
+import { fixtureText } from "../fixtures/paths.ts";
 import { linearDecay } from "../kernels/optim.ts";
 import { RunCache, runQuantization } from "../pipelines/quantize.ts";
 import type { Stage } from "../stages/job.ts";
@@ -18,6 +17,7 @@ import { capture, propagate } from "../stages/propagate.ts";
 import { reassemble } from "../stages/reassemble.ts";
 import { reconstruct } from "../stages/reconstruct.ts";
 import { rtn } from "../stages/weight_quant.ts";
+import { fixtureAndOutliers } from "./models.ts";
 import { writeReadmeSection } from "./readme.ts";
 import type { BenchContext, BenchRecord } from "./types.ts";
 
@@ -54,17 +54,7 @@ function stagesFor(v: Variant, wbits: number, abits: number, epochs: number): St
 /** Runs the ablation. */
 export async function benchQllm(ctx: BenchContext): Promise<BenchRecord> {
   const epochs = Number(Deno.env.get("BENCH_EPOCHS") ?? 5);
-  const models: [string, string][] = [
-    ["tinystories-656k", fixtureModel("tinystories-656k")],
-    [
-      "tinystories-656k + outliers",
-      await outlierModel(
-        fixtureModel("tinystories-656k"),
-        `${PROJECT_ROOT}/fixtures/generated/tinystories-656k-outliers-s50`,
-        { scale: 50, fraction: 0.02, seed: 0 },
-      ),
-    ],
-  ];
+  const models = await fixtureAndOutliers();
   const tmp = await Deno.makeTempDir();
   const rows: Record<string, unknown>[] = [];
   try {
