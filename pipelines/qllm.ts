@@ -38,10 +38,11 @@ export const QLLM_FLAGS = {
   "lwc-lr": { type: "string" },
   "no-reassembly": { type: "boolean" },
   "no-lora": { type: "boolean" },
+  "merge-score": { type: "string" },
 } as const;
 
 const USAGE = `usage: deno run -A pipelines/qllm.ts [--wbits 4] [--abits 16] [--epochs 10] …
-  --wbits B            weight bits (4; 2 to 8, or 16)   --abits B   activation bits (16 = none)
+  --wbits B            weight bits (4; 2 to 16, 16 = none)   --abits B   activation bits (16 = none)
   --group-size N       weight group size (0 = per output channel)
   --epochs N           epochs over the calibration set per block (10)
   --lr X               learning rate of the LoRA factors and norms (5e-4, linear decay to 0)
@@ -50,6 +51,8 @@ const USAGE = `usage: deno run -A pipelines/qllm.ts [--wbits 4] [--abits 16] [--
   --num-layer N        blocks reconstructed jointly (1; only 1 is supported)
   --lwc                also learn weight clipping        --lwc-lr X (1e-2)
   --no-reassembly      skip the channel reassembly
+  --merge-score S      reference (QLLM's, default) or error (‖W_a − W_b‖²·‖x_a − x_b‖², the
+                       bound on what a merge changes)
   --no-lora            no learned compensation: round-to-nearest weights
   --resume DIR         a previous run's checkpoint directory (<out>.ckpt): the blocks saved
                        there are folded without training, the others are trained
@@ -62,7 +65,15 @@ export interface QllmOptions {
   train: TrainOptions;
   channelRatio: number;
   reassembly: boolean;
+  mergeScore: "reference" | "error";
   useLora: boolean;
+}
+
+function mergeScoreFlag(v: unknown): "reference" | "error" {
+  if (v === undefined || v === "reference" || v === "error") {
+    return (v ?? "reference") as "reference" | "error";
+  }
+  throw new UsageError(`--merge-score ${v}: expected reference or error`);
 }
 
 /** Reads and validates the QLLM flags. */
@@ -94,6 +105,7 @@ export function qllmOptions(f: Record<string, unknown>): QllmOptions {
     },
     channelRatio: numFlag(f["channel-ratio"], "--channel-ratio", 0.2, 0, 1),
     reassembly: !f["no-reassembly"],
+    mergeScore: mergeScoreFlag(f["merge-score"]),
     useLora: !f["no-lora"],
   };
 }
@@ -123,13 +135,20 @@ export async function qllmMain(argv: string[]): Promise<QuantizeReport | undefin
       resume: o.train.resume,
       channel_ratio: o.reassembly ? o.channelRatio : null,
       reassembly: o.reassembly,
+      merge_score: o.reassembly ? o.mergeScore : null,
       lora: o.useLora,
       num_layer: 1,
     },
     stages: () => [
       capture(),
       ...(o.reassembly
-        ? [reassemble({ channelRatio: o.channelRatio, wbits, abits: o.abits, groupSize })]
+        ? [reassemble({
+          channelRatio: o.channelRatio,
+          wbits,
+          abits: o.abits,
+          groupSize,
+          mergeScore: o.mergeScore,
+        })]
         : []),
       o.useLora ? reconstruct(loraMethod(o.lora), o.train) : rtn({ bits: wbits, groupSize }),
       propagate(),

@@ -91,6 +91,12 @@ export interface ReassembleOptions {
   theta?: Partial<Record<ReassemblyPoint, number | null>>;
   /** Most thresholds scored per point (64). */
   maxEvals?: number;
+  /**
+   * How merge pairs are scored: `reference` (QLLM's ((Σ_o W_a + Σ_o W_b)·‖x_a − x_b‖)², the
+   * default) or `error` (‖W_a − W_b‖²·‖x_a − x_b‖², which bounds the output error a merge adds:
+   * W_a x_a + W_b x_b − (W_a + W_b)(x_a + x_b)/2 = (W_a − W_b)(x_a − x_b)/2).
+   */
+  mergeScore?: "reference" | "error";
 }
 
 /** What reassembly does to one point's channels. */
@@ -321,7 +327,12 @@ export function foldPoint(w: BlockWeights, point: ReassemblyPoint): BlockWeights
  * S[i,j] = ((cs[A_i] + cs[B_j])·‖x_A_i − x_B_j‖₂)² with cs the signed column sums of the
  * concatenated next-layer weights and distances over the tokens of `feat` [T, C].
  */
-export async function mergeScores(rt: Runtime, feat: Tensor, weights: Tensor[]): Promise<{
+export async function mergeScores(
+  rt: Runtime,
+  feat: Tensor,
+  weights: Tensor[],
+  kind: "reference" | "error" = "reference",
+): Promise<{
   scores: Float32Array;
   nA: number;
   nB: number;
@@ -347,16 +358,52 @@ export async function mergeScores(rt: Runtime, feat: Tensor, weights: Tensor[]):
   const dot = nB > 0
     ? (await matmul(rt, { data: at, shape: [nA, T] }, { data: b, shape: [T, nB] })).data
     : new Float32Array(0);
+  const wdiff = kind === "error" ? await columnDistances(rt, weights, C, nA, nB) : null;
   const scores = new Float32Array(nA * nB);
   for (let i = 0; i < nA; i++) {
     for (let j = 0; j < nB; j++) {
       const a = 2 * i, bb = 2 * j + 1;
       const d2 = Math.max(0, norm[a] + norm[bb] - 2 * dot[i * nB + j]);
       const s = cs[a] + cs[bb];
-      scores[i * nB + j] = s * s * d2;
+      scores[i * nB + j] = wdiff ? wdiff[i * nB + j] * d2 : s * s * d2;
     }
   }
   return { scores, nA, nB };
+}
+
+/** ‖W_a − W_b‖² for even columns a and odd columns b of the stacked next-layer weights. */
+async function columnDistances(
+  rt: Runtime,
+  weights: Tensor[],
+  C: number,
+  nA: number,
+  nB: number,
+): Promise<Float64Array> {
+  const R = weights.reduce((n, w) => n + w.shape[0], 0);
+  const wa = new Float32Array(nA * R), wb = new Float32Array(R * nB);
+  const sq = new Float64Array(C);
+  let r0 = 0;
+  for (const w of weights) {
+    for (let r = 0; r < w.shape[0]; r++) {
+      for (let c = 0; c < C; c++) {
+        const v = w.data[r * C + c];
+        sq[c] += v * v;
+        if (c % 2 === 0) wa[(c >> 1) * R + r0 + r] = v;
+        else wb[(r0 + r) * nB + (c >> 1)] = v;
+      }
+    }
+    r0 += w.shape[0];
+  }
+  const dot = nB > 0
+    ? (await matmul(rt, { data: wa, shape: [nA, R] }, { data: wb, shape: [R, nB] })).data
+    : new Float32Array(0);
+  const out = new Float64Array(nA * nB);
+  for (let i = 0; i < nA; i++) {
+    for (let j = 0; j < nB; j++) {
+      out[i * nB + j] = Math.max(0, sq[2 * i] + sq[2 * j + 1] - 2 * dot[i * nB + j]);
+    }
+  }
+  return out;
 }
 
 /** How many pairs of unsplit channels (one even, one odd) can be merged at most. */
@@ -640,7 +687,7 @@ async function choosePoint(
   const C = st.xmax.length;
   const merge = o.merge ?? true;
   const readers = POINT_READERS[point].map((l) => job.weights[`${l}.weight`]);
-  const scores = merge ? await mergeScores(rt, st.feat, readers) : null;
+  const scores = merge ? await mergeScores(rt, st.feat, readers, o.mergeScore) : null;
   const planFor = (counts: Int32Array, r: number): ReassemblyPlan | null => {
     if (!scores) return { counts, pairs: [] };
     const pairs = matchPairs(scores, counts, r);
