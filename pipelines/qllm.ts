@@ -11,6 +11,7 @@ import { loraMethod, type LoraOptions } from "../stages/lora.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { reassemble } from "../stages/reassemble.ts";
 import { reconstruct, type TrainOptions } from "../stages/reconstruct.ts";
+import { reconstructGroups } from "../stages/reconstruct_group.ts";
 import { rtn } from "../stages/weight_quant.ts";
 import { intFlag, numFlag, parseFlags, runMain, UsageError } from "./cli.ts";
 import {
@@ -48,7 +49,7 @@ const USAGE = `usage: deno run -A pipelines/qllm.ts [--wbits 4] [--abits 16] [--
   --lr X               learning rate of the LoRA factors and norms (5e-4, linear decay to 0)
   --lora-rank R        rank of the low-rank compensation (4)
   --channel-ratio X    extra channels of the reassembly, as a fraction of the width (0.2)
-  --num-layer N        blocks reconstructed jointly (1; only 1 is supported)
+  --num-layer N        decoder blocks reconstructed jointly (1)
   --lwc                also learn weight clipping        --lwc-lr X (1e-2)
   --no-reassembly      skip the channel reassembly
   --merge-score S      reference (QLLM's, default) or error (‖W_a − W_b‖²·‖x_a − x_b‖², the
@@ -64,6 +65,8 @@ export interface QllmOptions {
   abits: number;
   train: TrainOptions;
   channelRatio: number;
+  /** Decoder blocks trained jointly (1: one block at a time). */
+  numLayer: number;
   reassembly: boolean;
   mergeScore: "reference" | "error";
   useLora: boolean;
@@ -81,11 +84,8 @@ export function qllmOptions(f: Record<string, unknown>): QllmOptions {
   const wbits = intFlag(f.wbits, "--wbits", 4, 2);
   if (wbits > 16) throw new UsageError(`--wbits ${wbits}: expected 2 to 16 (16: not quantized)`);
   const numLayer = intFlag(f["num-layer"], "--num-layer", 1);
-  if (numLayer !== 1) {
-    throw new UsageError(
-      `--num-layer ${numLayer}: only 1 is supported — the block stream reconstructs one ` +
-        "decoder block at a time and cannot train several blocks jointly yet",
-    );
+  if (numLayer > 1 && f.resume !== undefined) {
+    throw new UsageError("--resume is not supported with --num-layer above 1 yet");
   }
   const lr = numFlag(f.lr, "--lr", 5e-4, 0);
   return {
@@ -104,6 +104,7 @@ export function qllmOptions(f: Record<string, unknown>): QllmOptions {
       resume: f.resume as string | undefined,
     },
     channelRatio: numFlag(f["channel-ratio"], "--channel-ratio", 0.2, 0, 1),
+    numLayer,
     reassembly: !f["no-reassembly"],
     mergeScore: mergeScoreFlag(f["merge-score"]),
     useLora: !f["no-lora"],
@@ -137,7 +138,7 @@ export async function qllmMain(argv: string[]): Promise<QuantizeReport | undefin
       reassembly: o.reassembly,
       merge_score: o.reassembly ? o.mergeScore : null,
       lora: o.useLora,
-      num_layer: 1,
+      num_layer: o.numLayer,
     },
     stages: () => [
       capture(),
@@ -150,7 +151,11 @@ export async function qllmMain(argv: string[]): Promise<QuantizeReport | undefin
           mergeScore: o.mergeScore,
         })]
         : []),
-      o.useLora ? reconstruct(loraMethod(o.lora), o.train) : rtn({ bits: wbits, groupSize }),
+      !o.useLora
+        ? rtn({ bits: wbits, groupSize })
+        : o.numLayer > 1
+        ? reconstructGroups(loraMethod(o.lora), o.train, o.numLayer)
+        : reconstruct(loraMethod(o.lora), o.train),
       propagate(),
     ],
   });

@@ -74,6 +74,12 @@ export interface BlockJob {
   storage: Record<string, { weights: number; bits: number }>;
   /** Reports of the stages this block has passed through, in order. */
   report: StageReport[];
+  /**
+   * Delivers the next block's inputs to the source before this job reaches the sink (stages
+   * that hold several jobs, such as joint training of a group of blocks, hand on provisional
+   * inputs with it and set the real ones later). The sink delivers the job's outputs otherwise.
+   */
+  handOff?: (inputs: { fp?: Activations; q: Activations }) => void;
 }
 
 /** A pipeline stage: a Web Streams transform of block jobs. */

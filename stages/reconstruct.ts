@@ -183,7 +183,8 @@ function buildGraphs(
   return { train: make(true), fold: make(false), names };
 }
 
-function mse(g: Graph, a: Value, b: Value): Value {
+/** Mean squared difference of two [B, T, d] values, as a scalar. */
+export function mse(g: Graph, a: Value, b: Value): Value {
   const d = g.sub(a, b);
   return g.reduceMean(g.mul(d, d), [0, 1, 2], 0);
 }
@@ -231,7 +232,8 @@ function abqLoss(
   return terms.reduce((a, b) => g.add(a, b));
 }
 
-function sampleSlice(t: Tensor, first: number, count: number): Tensor {
+/** Windows `first … first + count − 1` of [N, T, d] activations (a view). */
+export function sampleSlice(t: Tensor, first: number, count: number): Tensor {
   const per = t.shape[1] * t.shape[2];
   return {
     data: t.data.subarray(first * per, (first + count) * per),

@@ -13,6 +13,7 @@ import type { Activations, BlockJob, RunContext, Stage, StageReport } from "./jo
 /** Hands a finished block's outputs from the sink back to the source. */
 export class ChainLink {
   #pending = new Map<number, PromiseWithResolvers<{ fp?: Activations; q: Activations }>>();
+  #delivered = new Set<number>();
 
   #slot(i: number) {
     let s = this.#pending.get(i);
@@ -30,8 +31,10 @@ export class ChainLink {
     return p;
   }
 
-  /** Delivers block `i`'s inputs. */
+  /** Delivers block `i`'s inputs (only the first delivery for a block counts). */
   put(i: number, inputs: { fp?: Activations; q: Activations }): void {
+    if (this.#delivered.has(i)) return;
+    this.#delivered.add(i);
     this.#slot(i).resolve(inputs);
   }
 
@@ -71,8 +74,9 @@ export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
         ? { fp: o.teacher ? o.input : undefined, q: o.input }
         : await o.link.take(i);
       if (i + 1 < layers) prefetch = o.model.block(i + 1);
+      const index = i;
       controller.enqueue({
-        index: i,
+        index,
         ctx: o.ctx,
         weights,
         fpWeights: { ...weights },
@@ -81,6 +85,7 @@ export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
         learned: {},
         storage: {},
         report: [],
+        handOff: (inputs) => o.link.put(index + 1, inputs),
       });
       i++;
     },

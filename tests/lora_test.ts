@@ -1,7 +1,7 @@
 /**
  * QLLM's low-rank compensation (`stages/lora.ts`, `pipelines/qllm.ts`) on tinystories-656k:
  * the exported model is exactly the trained function, LoRA beats RTN at W4A4 with falling loss
- * curves, the untrained student is plain RTN, and `--num-layer` other than 1 is refused.
+ * curves, the untrained student is plain RTN, and a bad `--num-layer` is refused by name.
  */
 import assert from "node:assert/strict";
 import { rtnWeight } from "../algorithms/quantizer.ts";
@@ -247,9 +247,13 @@ Deno.test("at initialisation (B = 0) the student is plain RTN of the base weight
   }
 });
 
-Deno.test("--num-layer other than 1 is refused, naming the flag", async () => {
+Deno.test("a bad --num-layer is refused, naming the flag", async () => {
   await assert.rejects(
-    () => qllmMain(["--num-layer", "2", "--no-reassembly", "--quiet"]),
-    (e: Error) => /--num-layer 2/.test(e.message) && /only 1 is supported/.test(e.message),
+    () => qllmMain(["--num-layer", "0", "--no-reassembly", "--quiet"]),
+    (e: Error) => /--num-layer 0/.test(e.message),
+  );
+  await assert.rejects(
+    () => qllmMain(["--num-layer", "2", "--resume", "/nonexistent", "--quiet"]),
+    (e: Error) => /--resume is not supported with --num-layer/.test(e.message),
   );
 });
