@@ -19,6 +19,7 @@ export interface GreedyOptions {
   /** New tokens to produce (stops early at EOS). */
   tokens: number;
   /** Per-token activation fake quantization of every linear input (bits; none by default). */
+  /** Activation bits; default: what the model's config asks for (as in evaluation). */
   abits?: number;
 }
 
@@ -42,7 +43,13 @@ export async function greedy(
   while (ids.length < T) {
     const padded = Int32Array.from({ length: T }, (_, i) => ids[i] ?? 0);
     let x: Tensor = embed(table, padded, T);
-    for (const w of blocks) x = await runBlock(rt, c, w, x, { abits: o.abits, batch: 1 });
+    for (const w of blocks) {
+      x = await runBlock(rt, c, w, x, {
+        abits: o.abits ?? c.activationBits,
+        kvBits: c.kvBits,
+        batch: 1,
+      });
+    }
     const lg = await logits(rt, c, norm, head, x);
     const row = lg.data.subarray((ids.length - 1) * c.vocab, ids.length * c.vocab);
     let best = 0;

@@ -317,9 +317,13 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
       );
     }
     // The last update has not been checked yet: check it (restoring the last good values).
+    // Its output on sample 0 is the trained function the fold check compares with.
+    let trained: Tensor | null = null;
     if (epochs > 0 && guard.stoppedAt === null) {
       const r = await rt.run(graphs.train, feedsFor(0));
-      guard.check(t, r.loss.data[0], params.map((q) => r[`grad:${q.name}`].data));
+      if (guard.check(t, r.loss.data[0], params.map((q) => r[`grad:${q.name}`].data))) {
+        trained = r.y;
+      }
     }
     const trainSeconds = (performance.now() - t0) / 1000;
     if (guard.stoppedAt !== null) {
@@ -351,7 +355,7 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
     }
 
     // The folded block must compute what was trained: compare on the first sample.
-    const trained = (await rt.run(graphs.train, feedsFor(0))).y;
+    trained ??= (await rt.run(graphs.train, feedsFor(0))).y;
     const foldedOut = await runBlock(rt, c, job.weights, sampleSlice(job.qIn, 0, batch), {
       abits: job.ctx.abits,
       kvBits: job.ctx.kvBits,
