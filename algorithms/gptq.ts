@@ -9,7 +9,7 @@
  * @module
  */
 import { Graph } from "../kernels/graph.ts";
-import { inverseCholeskyUpper } from "../kernels/linalg.ts";
+import { inverseCholeskyUpperInPlace } from "../kernels/linalg.ts";
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { checkBits, fakeQuant, findParams, findParamsView, type QuantParams } from "./quantizer.ts";
@@ -129,32 +129,28 @@ export async function gptq(
 
   const channel = !hook && g === 0 ? findParams(W.data, rows, cols, bits, sym, mse) : null;
 
-  const Hm = H.slice();
-  let Wt: Float32Array = transposeToColumns(W.data, rows, cols);
-  for (let i = 0; i < cols; i++) {
-    if (Hm[i * cols + i] === 0) {
-      Hm[i * cols + i] = 1;
-      Wt.fill(0, i * rows, (i + 1) * rows);
-    }
-  }
+  const Wt = transposeToColumns(W.data, rows, cols);
+  const diag = deadFixedDiagonal(H, cols);
+  for (let i = 0; i < cols; i++) if (H[i * cols + i] === 0) Wt.fill(0, i * rows, (i + 1) * rows);
   const fixed = !hook && staticGroups ? staticGroupParams(Wt, rows, cols, g, bits, sym, mse) : null;
 
   let perm: Int32Array | null = null;
-  let Hp: Float32Array = Hm;
   if (actOrder) {
-    perm = argsortDescending(diagonal(Hm, cols));
-    Wt = permuteColumns(Wt, rows, perm);
-    Hp = permuteSymmetric(Hm, cols, perm);
+    perm = argsortDescending(diag);
+    permuteColumnsInPlace(Wt, rows, perm);
   }
 
-  const inv = await dampedInverseCholesky(
+  let inv: DampedInverse | null = await dampedInverseCholesky(
     rt,
-    Hp,
+    H,
     cols,
+    perm,
     opts.percdamp ?? 0.01,
     opts.dampRetries ?? 3,
   );
-  const U = inv.U;
+  const { damp, fellBack, warning } = inv;
+  let U: Float32Array | null = inv.U;
+  inv = null;
 
   const nGroups = hook ? 0 : g > 0 ? Math.ceil(cols / g) : 1;
   const scale = new Float32Array(rows * nGroups);
@@ -168,35 +164,22 @@ export async function gptq(
   }
   const customColumn = hook?.({ columns: Wt, rows, cols, perm });
 
-  const Qt = new Float32Array(rows * cols);
+  // A block's columns of Wt are dead once copied into W1: the quantized columns Qt take their
+  // place (zeroed first, as a fresh Qt would be).
+  const Qt = Wt;
+  const width = Math.min(blockSize, cols);
+  const W1buf = new Float32Array(width * rows), errBuf = new Float32Array(width * rows);
+  const ublkBuf = new Float32Array(width * (cols - width));
   let loss = 0;
   let params: QuantParams | null = channel;
   for (let i1 = 0; i1 < cols; i1 += blockSize) {
     const i2 = Math.min(i1 + blockSize, cols), count = i2 - i1;
-    const W1 = Wt.slice(i1 * rows, i2 * rows);
-    const Err = new Float32Array(count * rows);
-    const sweep = (
-      quantize: (i: number, w: Float32Array, q: Float32Array, r0: number) => void,
-      chunk: number,
-    ) => {
-      for (let r0 = 0; r0 < rows; r0 += chunk) {
-        loss += sweepRows(
-          W1,
-          Err,
-          Qt,
-          U,
-          cols,
-          rows,
-          i1,
-          count,
-          r0,
-          Math.min(r0 + chunk, rows),
-          quantize,
-        );
-      }
-    };
+    const W1 = W1buf.subarray(0, count * rows), Err = errBuf.subarray(0, count * rows);
+    W1.set(Wt.subarray(i1 * rows, i2 * rows));
+    let quantize: (i: number, w: Float32Array, q: Float32Array, r0: number) => void;
+    let chunk = rows;
     if (customColumn) {
-      sweep((i, w, q) => customColumn(w, i1 + i, q), rows);
+      quantize = (i, w, q) => customColumn(w, i1 + i, q);
     } else {
       // Every group's parameters are fixed before the block's columns are swept: dynamic groups
       // read the block-level W (error feedback of earlier blocks, not of this block's columns).
@@ -218,11 +201,17 @@ export async function gptq(
         }
         blockParams.push(params!);
       }
-      sweep((i, w, q, r0) => quantizeColumn(w, q, blockParams[i], r0), ROW_CHUNK);
+      quantize = (i, w, q, r0) => quantizeColumn(w, q, blockParams[i], r0);
+      chunk = ROW_CHUNK;
     }
-    if (i2 < cols && !inv.fellBack) {
+    Qt.fill(0, i1 * rows, i2 * rows);
+    for (let r0 = 0; r0 < rows; r0 += chunk) {
+      const r1 = Math.min(r0 + chunk, rows);
+      loss += sweepRows(W1, Err, Qt, U, cols, rows, i1, count, r0, r1, quantize);
+    }
+    if (i2 < cols && !fellBack) {
       const rest = cols - i2;
-      const Ublk = new Float32Array(count * rest);
+      const Ublk = ublkBuf.subarray(0, count * rest);
       for (let i = 0; i < count; i++) {
         Ublk.set(U.subarray((i1 + i) * cols + i2, (i1 + i + 1) * cols), i * rest);
       }
@@ -234,6 +223,7 @@ export async function gptq(
       Wt.set(y.y.data, i2 * rows);
     }
   }
+  U = null;
 
   return {
     weight: { data: columnsToRows(Qt, rows, cols, perm), shape: [rows, cols] },
@@ -243,9 +233,9 @@ export async function gptq(
     gIdx: groupIndex(cols, g, perm, staticGroups),
     perm,
     error: loss,
-    damp: inv.damp,
-    fellBack: inv.fellBack,
-    ...(inv.warning ? { warning: inv.warning } : {}),
+    damp,
+    fellBack,
+    ...(warning ? { warning } : {}),
   };
 }
 
@@ -344,34 +334,43 @@ interface DampedInverse {
 }
 
 /**
- * U = chol(H⁻¹, upper) of `H + damp·I` with the reference's `damp = percdamp·mean(diag H)`; a
- * failed factorisation retries with 10×, 100×, … the damping (on mean |diag|), then gives U = I,
- * which turns the column loop into plain rounding to nearest.
+ * U = chol(H⁻¹, upper) of `Hp + damp·I`, where Hp is H with every zero diagonal entry (a dead
+ * input) set to 1 and, under act-order, rows and columns in processing order `perm`; the
+ * reference's `damp = percdamp·mean(diag Hp)`. A failed factorisation retries with 10×, 100×, …
+ * the damping (on mean |diag|), then gives U = I, which turns the column loop into plain rounding
+ * to nearest. H is not modified; each attempt rebuilds its damped copy from H into one `n×n`
+ * buffer, which the factorisation consumes and which becomes U.
  */
 async function dampedInverseCholesky(
   rt: Runtime,
   H: Float32Array,
   n: number,
+  perm: Int32Array | null,
   percdamp: number,
   retries: number,
 ): Promise<DampedInverse> {
+  const diag = deadFixedDiagonal(H, n, perm);
   let sum = 0, sumAbs = 0;
   for (let i = 0; i < n; i++) {
-    sum += H[i * n + i];
-    sumAbs += Math.abs(H[i * n + i]);
+    sum += diag[i];
+    sumAbs += Math.abs(diag[i]);
   }
+  let Hd: Float32Array | null = null;
   let lastPivot = -1;
   for (let attempt = 0; attempt <= retries; attempt++) {
     const base = attempt === 0 ? f32(sum / n) : f32(sumAbs / n);
     const damp = f32(f32(percdamp * 10 ** attempt) * base);
     if (!Number.isFinite(damp)) break;
-    const Hd = H.slice();
-    for (let i = 0; i < n; i++) Hd[i * n + i] = f32(Hd[i * n + i] + damp);
-    const r = await inverseCholeskyUpper(rt, Hd, n);
+    Hd ??= new Float32Array(n * n);
+    if (perm) permuteSymmetric(H, n, perm, Hd);
+    else Hd.set(H);
+    for (let i = 0; i < n; i++) Hd[i * n + i] = f32(diag[i] + damp);
+    const r = await inverseCholeskyUpperInPlace(rt, Hd, n);
     if (r.ok) return { U: r.U, damp, fellBack: false };
     lastPivot = r.pivot;
   }
-  const U = new Float32Array(n * n);
+  const U = Hd ?? new Float32Array(n * n);
+  U.fill(0);
   for (let i = 0; i < n; i++) U[i * n + i] = 1;
   return {
     U,
@@ -439,9 +438,18 @@ function groupIndex(
   return gIdx;
 }
 
-function diagonal(H: Float32Array, n: number): Float32Array {
+/** diag(H) in order `perm` (or H's own), with the zeros of dead inputs replaced by 1. */
+function deadFixedDiagonal(
+  H: Float32Array,
+  n: number,
+  perm: Int32Array | null = null,
+): Float32Array {
   const d = new Float32Array(n);
-  for (let i = 0; i < n; i++) d[i] = H[i * n + i];
+  for (let i = 0; i < n; i++) {
+    const p = perm ? perm[i] : i;
+    const v = H[p * n + p];
+    d[i] = v === 0 ? 1 : v;
+  }
   return d;
 }
 
@@ -470,19 +478,30 @@ function columnsToRows(
   return out;
 }
 
-function permuteColumns(Wt: Float32Array, rows: number, perm: Int32Array): Float32Array {
-  const out = new Float32Array(Wt.length);
-  for (let j = 0; j < perm.length; j++) {
-    out.set(Wt.subarray(perm[j] * rows, (perm[j] + 1) * rows), j * rows);
+/** Column j of the result is column perm[j] of Wt, cycle by cycle with one column of storage. */
+function permuteColumnsInPlace(Wt: Float32Array, rows: number, perm: Int32Array): void {
+  const done = new Uint8Array(perm.length);
+  const tmp = new Float32Array(rows);
+  for (let start = 0; start < perm.length; start++) {
+    if (done[start]) continue;
+    tmp.set(Wt.subarray(start * rows, (start + 1) * rows));
+    let j = start;
+    for (;;) {
+      done[j] = 1;
+      const src = perm[j];
+      if (src === start) {
+        Wt.set(tmp, j * rows);
+        break;
+      }
+      Wt.copyWithin(j * rows, src * rows, (src + 1) * rows);
+      j = src;
+    }
   }
-  return out;
 }
 
-function permuteSymmetric(H: Float32Array, n: number, perm: Int32Array): Float32Array {
-  const out = new Float32Array(n * n);
+function permuteSymmetric(H: Float32Array, n: number, perm: Int32Array, out: Float32Array): void {
   for (let i = 0; i < n; i++) {
     const src = perm[i] * n, dst = i * n;
     for (let j = 0; j < n; j++) out[dst + j] = H[src + perm[j]];
   }
-  return out;
 }

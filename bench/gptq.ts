@@ -12,18 +12,19 @@
  *
  * (b) GPTQ W4, groups of 128, 128 × 256 calibration windows on a generated LLaMA (hidden 1024,
  * intermediate 2816, 8 layers, 16 heads, 8 KV heads, vocabulary 2048, F32, std 0.02) in its own
- * process (`pipelines/gptq.ts --json`, no evaluation): wall time, peak RSS and the split into
- * block passes, Hessians and the GPTQ column loop. The Hessian stage runs the block forward and
- * the Gram products together; its forward part is estimated as the propagate stage's time × the
- * ratio of the block forward with capture outputs to the plain forward, timed here. Reference: PyTorch GPTQ 253–263 s, 1.39 GB peak RSS on
- * this machine; goal ≤ 130 s and ≤ 0.5 GB.
+ * process (`pipelines/gptq.ts --offload-activations --json`, no evaluation): wall time, peak
+ * RSS and the split into output passes, Hessian passes (the block graph computes the Gram
+ * blocks itself) and the GPTQ column loop; then the same run with the activations in memory.
+ * Reference: PyTorch GPTQ 253–263 s, 1.39 GB peak RSS on this machine; goal ≤ 130 s and
+ * ≤ 0.5 GB.
  * @module
  */
 import { ensureLlama, type LlamaSpec } from "../fixtures/generate.ts";
 import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
 import { Rng } from "../kernels/tensor.ts";
-import { runBlock } from "../models/forward.ts";
+import { CAPTURE_POINTS } from "../models/block_graph.ts";
+import { captureBlock, runBlock } from "../models/forward.ts";
 import { openModel } from "../models/model.ts";
 import { RunCache, runQuantization } from "../pipelines/quantize.ts";
 import { propagate } from "../stages/propagate.ts";
@@ -144,56 +145,57 @@ async function fixtureRuns(ctx: BenchContext, model: string, tmp: string): Promi
 }
 
 /**
- * The block forward with its capture outputs (the forward part of a Hessian pass) against the
- * plain forward (a propagate pass), timed alternately on the same shapes (min of `rounds`), so
- * that their ratio holds whatever the machine's load.
+ * A Hessian pass (the block graph up to down_proj's input, with the Gram blocks of all four
+ * linear inputs and no output) against a plain forward (an output pass), timed alternately on
+ * the same windows (min of `rounds`), so that their ratio holds whatever the machine's load.
  */
-async function captureForwardRatio(dir: string, windows: number, seqlen: number, rounds = 2) {
+async function hessianPassRatio(dir: string, windows: number, seqlen: number, rounds = 2) {
   const model = await openModel(dir);
   const rt = new Runtime("cpu");
   try {
     const c = model.config;
     const w = await model.block(0);
     const x = new Rng(1).normalTensor([windows, seqlen, c.hidden], 0.02);
-    const capture = { onCapture: () => {} };
     const timing = await timeAlternating({
       plain: () => runBlock(rt, c, w, x),
-      capture: () => runBlock(rt, c, w, x, capture),
+      hessian: () => captureBlock(rt, c, w, x, { grams: CAPTURE_POINTS, onGrams: () => {} }),
     }, { rounds, warmup: 1, minReps: 1, minSeconds: 0, maxReps: 1 });
-    const plain = timing.plain.min, withCapture = timing.capture.min;
-    return { windows, plain_s: plain, capture_s: withCapture, ratio: withCapture / plain };
+    const plain = timing.plain.min, hessian = timing.hessian.min;
+    return { windows, plain_s: plain, hessian_s: hessian, ratio: hessian / plain };
   } finally {
     await rt.release();
     model.close();
   }
 }
 
-/** Runs (b). */
-async function generatedRun(ctx: BenchContext, tmp: string) {
-  const dir = await ensureLlama(GPTQ_LLAMA, ctx.log);
+/** One run of (b) in its own process; `offload` keeps the activations in a file. */
+async function generatedProcess(ctx: BenchContext, dir: string, tmp: string, offload: boolean) {
+  ctx.log(`gptq: W4 g128, 128 × 256 on ${dir} (own process${offload ? ", offloaded" : ""})`);
   const load_before = Deno.loadavg();
-  ctx.log(`gptq: W4 g128, 128 × 256 on ${dir} (own process)`);
   const run = await runPipelineProcess("gptq", [
     ...["--model", dir, "--out", `${tmp}/llama`],
     ...["--wbits", "4", "--group-size", "128", "--nsamples", "128", "--seqlen", "256"],
     ...["--eval", ""],
+    ...(offload ? ["--offload-activations"] : []),
   ], { log: ctx.log });
-  const load_after = Deno.loadavg();
   await Deno.remove(`${tmp}/llama`, { recursive: true }).catch(() => {});
+  return { run, load_before, load_after: Deno.loadavg() };
+}
+
+/** Runs (b): offloaded activations (the goal's run), then the in-memory chain for comparison. */
+async function generatedRun(ctx: BenchContext, tmp: string) {
+  const dir = await ensureLlama(GPTQ_LLAMA, ctx.log);
+  const { run, load_before, load_after } = await generatedProcess(ctx, dir, tmp, true);
+  const inMemory = await generatedProcess(ctx, dir, tmp, false);
   const r = run.report;
-  ctx.log("gptq: timing the block forward with capture outputs (Hessian pass estimate)");
-  const fwd = await captureForwardRatio(dir, 32, 256);
+  ctx.log("gptq: timing a Hessian pass against a plain forward");
+  const pass = await hessianPassRatio(dir, 32, 256);
   const t = r.timing;
-  // The propagate stage is the plain forward of every block on the same inputs' shapes.
-  const hessianForward = t.stage_propagate * fwd.ratio;
   const split = {
-    /** The output passes (propagate stage) plus the estimated forward part of the Hessian passes. */
-    block_passes_s: t.stage_propagate + hessianForward,
-    propagate_s: t.stage_propagate,
-    hessian_forward_est_s: hessianForward,
-    /** Hessian stage minus its estimated forward: Gram products, float64 sums, scaling. */
-    hessians_s: t.hessian_seconds - hessianForward,
-    hessian_stage_s: t.hessian_seconds,
+    /** The output passes (propagate stage): the quantized block's forward, written in place. */
+    block_passes_s: t.stage_propagate,
+    /** The Hessian passes: the block graph up to down_proj's input with the in-graph Gram blocks, and their float64 sums. */
+    hessians_s: t.hessian_seconds,
     /** fasterquant (damping, Cholesky inverse, column loop, lazy updates) + relative errors. */
     gptq_s: t.quantize_seconds,
     /** In the stream but in no stage: weight reads not hidden by prefetch, block writes. */
@@ -212,15 +214,22 @@ async function generatedRun(ctx: BenchContext, tmp: string) {
   return {
     model: dir,
     spec: GPTQ_LLAMA,
-    settings: { wbits: 4, group_size: 128, nsamples: 128, seqlen: 256, eval: "none" },
+    settings: {
+      wbits: 4,
+      group_size: 128,
+      nsamples: 128,
+      seqlen: 256,
+      eval: "none",
+      offload_activations: true,
+    },
     seconds: r.seconds,
     process_wall_s: run.wall_s,
     peak_rss_bytes: r.peak_rss_bytes,
     bits_per_weight: r.bits_per_weight,
     timing: r.timing,
     split,
-    /** Block 0 forward with / without capture outputs (32 windows), timed in the bench process. */
-    capture_forward: fwd,
+    /** Block 0: a Hessian pass against a plain forward (32 windows), timed in the bench process. */
+    hessian_pass: pass,
     per_block: perBlock,
     block_peak_rss_mib: run.block_peak_rss.map((v) => Math.round(v / MiB)),
     phase_peak_rss_mib: Object.fromEntries(
@@ -228,6 +237,14 @@ async function generatedRun(ctx: BenchContext, tmp: string) {
     ),
     loadavg_before: load_before,
     loadavg_after: load_after,
+    /** The same run with the activation chain in memory (no `--offload-activations`). */
+    in_memory: {
+      seconds: inMemory.run.report.seconds,
+      peak_rss_bytes: inMemory.run.report.peak_rss_bytes,
+      block_peak_rss_mib: inMemory.run.block_peak_rss.map((v) => Math.round(v / MiB)),
+      loadavg_before: inMemory.load_before,
+      loadavg_after: inMemory.load_after,
+    },
     target: GPTQ_LLAMA_TARGET,
     meets_time_goal: r.seconds <= GPTQ_LLAMA_TARGET.goal_s,
     meets_rss_goal: r.peak_rss_bytes <= GPTQ_LLAMA_TARGET.goal_peak_rss_bytes,
@@ -285,7 +302,9 @@ export async function benchGptq(ctx: BenchContext): Promise<BenchRecord> {
         label: "LLaMA 1024×8 peak RSS",
         value: Math.round(llama.peak_rss_bytes / 2 ** 20),
         unit: "MiB",
-        note: "ref 1.39 GB, goal ≤ 0.5 GB",
+        note: `--offload-activations; in memory ${
+          Math.round(llama.in_memory.peak_rss_bytes / 2 ** 20)
+        } MiB (${llama.in_memory.seconds.toFixed(0)} s); ref 1.39 GB, goal ≤ 0.5 GB`,
       },
       {
         label: "LLaMA 1024×8 split",
@@ -301,15 +320,16 @@ export async function benchGptq(ctx: BenchContext): Promise<BenchRecord> {
       `${
         markdown(points)
       }\n\nGenerated LLaMA (hidden 1024, intermediate 2816, 8 layers, 16 heads, ` +
-        `8 KV heads, vocab 2048, std 0.02), GPTQ W4 g128 with 128 × 256 calibration: ` +
-        `**${llama.seconds.toFixed(1)} s, peak RSS ${
+        `8 KV heads, vocab 2048, std 0.02), GPTQ W4 g128 with 128 × 256 calibration and ` +
+        `\`--offload-activations\`: **${llama.seconds.toFixed(1)} s, peak RSS ${
           (llama.peak_rss_bytes / 2 ** 20).toFixed(0)
-        } MiB** ` +
-        `(block passes ${s.block_passes_s.toFixed(0)} s, Hessians ${s.hessians_s.toFixed(0)} s, ` +
-        `GPTQ column loop ${s.gptq_s.toFixed(0)} s; load average ${
-          load.toFixed(1)
-        }); the reference ` +
-        `PyTorch GPTQ took 253–263 s and 1.39 GB on this machine.`,
+        } MiB** (${(llama.peak_rss_bytes / 1e9).toFixed(2)} GB; ` +
+        `output passes ${s.block_passes_s.toFixed(0)} s, Hessian passes ${
+          s.hessians_s.toFixed(0)
+        } s, GPTQ column loop ${s.gptq_s.toFixed(0)} s; load average ${load.toFixed(1)}). ` +
+        `With the activations in memory: ${llama.in_memory.seconds.toFixed(1)} s, peak RSS ${
+          (llama.in_memory.peak_rss_bytes / 2 ** 20).toFixed(0)
+        } MiB. The reference PyTorch GPTQ took 253–263 s and 1.39 GB on this machine.`,
     );
     return {
       loadavg_start,

@@ -52,7 +52,7 @@ export interface ProcessRun {
 
 /** The phase a progress line announces: `block 3 gptq` for `block 3/8: gptq …`, else the line. */
 export function phaseOf(line: string): string {
-  const text = line.replace(/^\[\s*[\d.]+ s\]\s*/, "");
+  const text = line.replace(/^\[[^\]]*\]\s*/, "");
   const m = text.match(/^block (\d+)\/\d+: (\w+)/);
   if (m) return `block ${m[1]} ${m[2]}`;
   return text.replace(/ on \/.*| from \/.*/, "").slice(0, 60);
@@ -98,7 +98,7 @@ export async function runPipelineProcess(
       phase = phaseOf(line);
       errTail.push(line);
       if (errTail.length > 20) errTail.shift();
-      if (/^\[\s*[\d.]+ s\] block \d+\/\d+: \w+$/.test(line)) o.log?.(`  ${line.trim()}`);
+      if (/^\[[^\]]*\] block \d+\/\d+: \w+$/.test(line)) o.log?.(`  ${line.trim()}`);
     }
   })();
   const stdout = new Response(child.stdout).text();

@@ -275,18 +275,33 @@ export class Graph {
 
   /** Serialises the model (opset 18, plus com.microsoft when contrib ops were used). */
   toBytes(): Uint8Array {
+    const live = this.#liveNodes();
+    const used = new Set([...live.flatMap((n) => n.inputs), ...this.#outputNames]);
     const graph = onnx.GraphProto.create({
       name: "g",
-      node: this.#nodes.map(nodeProto),
+      node: live.map(nodeProto),
       input: this.#inputs,
       output: this.#outputs,
-      initializer: this.#inits,
+      initializer: this.#inits.filter((t) => used.has(t.name!)),
     });
     const opsetImport = [{ domain: "", version: 18 }];
     if (this.#usesContrib) opsetImport.push({ domain: "com.microsoft", version: 1 });
     return onnx.ModelProto.encode(
       onnx.ModelProto.create({ irVersion: 8, opsetImport, producerName: "qllm-deno", graph }),
     ).finish();
+  }
+
+  /** The nodes some output depends on (a graph built for fewer outputs skips the rest). */
+  #liveNodes(): GraphNode[] {
+    const needed = new Set(this.#outputNames);
+    const live: GraphNode[] = [];
+    for (let i = this.#nodes.length - 1; i >= 0; i--) {
+      const nd = this.#nodes[i];
+      if (!nd.outputs.some((o) => needed.has(o))) continue;
+      live.push(nd);
+      for (const n of nd.inputs) if (n) needed.add(n);
+    }
+    return live.reverse();
   }
 
   #record(

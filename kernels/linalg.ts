@@ -5,6 +5,7 @@
  * Blocks of `blockSize` (default 128): the diagonal blocks are factored/inverted in float64 in
  * TypeScript, the panel updates run as float32 GEMMs through ONNX Runtime (float32 is what the
  * reference computes in). Matrices are `n×n` row-major Float32Arrays.
+ * {@linkcode inverseCholeskyUpperInPlace} runs the whole chain in the matrix's own storage.
  * @module
  */
 import { Graph } from "./graph.ts";
@@ -104,46 +105,11 @@ export async function cholesky(
   blockSize = DEFAULT_BLOCK,
 ): Promise<CholeskyResult> {
   if (A.length !== n * n) throw new Error(`cholesky: ${A.length} values for a ${n}×${n} matrix`);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j <= i; j++) if (!Number.isFinite(A[i * n + j])) return { ok: false, pivot: j };
-  }
-  const L = new Float32Array(n * n);
-  for (let k = 0; k < n; k += blockSize) {
-    const b = Math.min(blockSize, n - k), m = n - k;
-    let S: Float32Array = new Float32Array(m * b);
-    for (let i = 0; i < m; i++) {
-      const src = (k + i) * n + k;
-      S.set(A.subarray(src, src + b), i * b);
-    }
-    if (k > 0) {
-      const Lk = new Float32Array(m * k); // L[k:, :k]
-      for (let i = 0; i < m; i++) Lk.set(L.subarray((k + i) * n, (k + i) * n + k), i * k);
-      S = (await rt.run(PANEL_GRAPH, {
-        a: { data: Lk, shape: [m, k] },
-        b: { data: Lk.subarray(0, b * k), shape: [b, k] },
-        c: { data: S, shape: [m, b] },
-      }, { arena: false })).y.data;
-    }
-    const D = Float64Array.from(S.subarray(0, b * b));
-    const fail = choleskyF64(D, b);
-    if (fail >= 0) return { ok: false, pivot: k + fail };
-    for (let i = 0; i < b; i++) {
-      for (let j = 0; j <= i; j++) L[(k + i) * n + k + j] = D[i * b + j];
-    }
-    if (m > b) {
-      const invDt = Float32Array.from(invertLowerF64(D, b));
-      const L21 = await matmulT(rt, { data: S.subarray(b * b), shape: [m - b, b] }, {
-        data: invDt,
-        shape: [b, b],
-      });
-      for (let i = 0; i < m - b; i++) {
-        const src = L21.data.subarray(i * b, i * b + b);
-        if (!src.every(Number.isFinite)) return { ok: false, pivot: k + b };
-        L.set(src, (k + b + i) * n + k);
-      }
-    }
-  }
-  return { ok: true, L };
+  const bad = firstNonFiniteLower(A, n);
+  if (bad >= 0) return { ok: false, pivot: bad };
+  const L = A.slice();
+  const pivot = await choleskyInPlace(rt, L, n, blockSize);
+  return pivot < 0 ? { ok: true, L } : { ok: false, pivot };
 }
 
 /**
@@ -157,29 +123,8 @@ export async function invertLower(
   blockSize = DEFAULT_BLOCK,
 ): Promise<Float32Array> {
   const X = new Float32Array(n * n);
-  for (let i = 0; i < n; i += blockSize) {
-    const b = Math.min(blockSize, n - i);
-    const D = new Float64Array(b * b);
-    for (let r = 0; r < b; r++) {
-      for (let c = 0; c <= r; c++) D[r * b + c] = L[(i + r) * n + i + c];
-    }
-    const Xii = invertLowerF64(D, b);
-    if (i > 0) {
-      const Lrow = new Float32Array(b * i);
-      for (let r = 0; r < b; r++) Lrow.set(L.subarray((i + r) * n, (i + r) * n + i), r * i);
-      const Xi = new Float32Array(i * i); // X[:i, :i]
-      for (let r = 0; r < i; r++) Xi.set(X.subarray(r * n, r * n + i), r * i);
-      const y = (await rt.run(TRI_INV_GRAPH, {
-        d: { data: Float32Array.from(Xii), shape: [b, b] },
-        a: { data: Lrow, shape: [b, i] },
-        x: { data: Xi, shape: [i, i] },
-      }, { arena: false })).y.data;
-      for (let r = 0; r < b; r++) X.set(y.subarray(r * i, (r + 1) * i), (i + r) * n);
-    }
-    for (let r = 0; r < b; r++) {
-      for (let c = 0; c <= r; c++) X[(i + r) * n + i + c] = Xii[r * b + c];
-    }
-  }
+  X.set(L.subarray(0, n * n));
+  await invertLowerInPlace(rt, X, n, blockSize);
   return X;
 }
 
@@ -187,7 +132,8 @@ export async function invertLower(
  * The upper-triangular U with `H⁻¹ = Uᵀ·U` (what the reference gets from
  * `cholesky(cholesky_inverse(cholesky(H)), upper=True)`), with one Cholesky and one triangular
  * inverse: with J the reversal permutation and `J·H·J = L′·L′ᵀ`, `U = J·L′⁻¹·J`.
- * H must already carry its damping. On failure the pivot is reported in H's own order.
+ * H must already carry its damping and is not modified. On failure the pivot is reported in H's
+ * own order.
  */
 export async function inverseCholeskyUpper(
   rt: Runtime,
@@ -198,11 +144,142 @@ export async function inverseCholeskyUpper(
   const last = n * n - 1;
   const A = new Float32Array(n * n);
   for (let i = 0; i < n * n; i++) A[i] = H[last - i];
-  const r = await cholesky(rt, A, n, blockSize);
-  if (!r.ok) return { ok: false, pivot: n - 1 - r.pivot };
-  const X = await invertLower(rt, r.L, n, blockSize);
-  const U = new Float32Array(n * n);
-  for (let i = 0; i < n * n; i++) U[i] = X[last - i];
+  return await upperFromReversed(rt, A, n, blockSize);
+}
+
+/**
+ * {@linkcode inverseCholeskyUpper} computed in H's own storage, with no other `n×n` buffer (the
+ * largest temporary is `n²/4` values): on success the returned U is H itself, bit for bit what
+ * {@linkcode inverseCholeskyUpper} gives. H is consumed either way: after a failure its contents
+ * are unspecified.
+ */
+export async function inverseCholeskyUpperInPlace(
+  rt: Runtime,
+  H: Float32Array,
+  n: number,
+  blockSize = DEFAULT_BLOCK,
+): Promise<InverseCholeskyResult> {
+  if (H.length !== n * n) throw new Error(`inverseCholeskyUpper: ${H.length} values for ${n}×${n}`);
+  return await upperFromReversed(rt, H.reverse(), n, blockSize);
+}
+
+/** U from `A = J·H·J`, overwriting A. */
+async function upperFromReversed(
+  rt: Runtime,
+  A: Float32Array,
+  n: number,
+  blockSize: number,
+): Promise<InverseCholeskyResult> {
+  const bad = firstNonFiniteLower(A, n);
+  if (bad >= 0) return { ok: false, pivot: n - 1 - bad };
+  const pivot = await choleskyInPlace(rt, A, n, blockSize);
+  if (pivot >= 0) return { ok: false, pivot: n - 1 - pivot };
+  await invertLowerInPlace(rt, A, n, blockSize);
+  const U = A.reverse();
   if (!U.every(Number.isFinite)) return { ok: false, pivot: 0 };
   return { ok: true, U };
+}
+
+/** Column of the first non-finite entry of the lower triangle, row by row, or −1. */
+function firstNonFiniteLower(A: Float32Array, n: number): number {
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) if (!Number.isFinite(A[i * n + j])) return j;
+  }
+  return -1;
+}
+
+/**
+ * The blocked Cholesky of {@linkcode cholesky} over A's own storage (finite lower triangle):
+ * block column k of A is read once, at step k, and then overwritten by L's. Returns −1, or the
+ * first failing pivot (A is then partly overwritten).
+ */
+async function choleskyInPlace(
+  rt: Runtime,
+  A: Float32Array,
+  n: number,
+  blockSize: number,
+): Promise<number> {
+  // Only the lower triangle is read, and the entries above the diagonal that the panel products
+  // carry along end up above the diagonal of the f64 block, which choleskyF64 ignores.
+  for (let i = 0; i < n; i++) A.fill(0, i * n + i + 1, (i + 1) * n);
+  let panel = 0;
+  for (let k = 0; k < n; k += blockSize) panel = Math.max(panel, (n - k) * k);
+  const Lk = new Float32Array(panel); // L[k:, :k], contiguous as the GEMM needs it
+  for (let k = 0; k < n; k += blockSize) {
+    const b = Math.min(blockSize, n - k), m = n - k;
+    let S: Float32Array = new Float32Array(m * b);
+    for (let i = 0; i < m; i++) {
+      const src = (k + i) * n + k;
+      S.set(A.subarray(src, src + b), i * b);
+    }
+    if (k > 0) {
+      for (let i = 0; i < m; i++) Lk.set(A.subarray((k + i) * n, (k + i) * n + k), i * k);
+      S = (await rt.run(PANEL_GRAPH, {
+        a: { data: Lk.subarray(0, m * k), shape: [m, k] },
+        b: { data: Lk.subarray(0, b * k), shape: [b, k] },
+        c: { data: S, shape: [m, b] },
+      }, { arena: false })).y.data;
+    }
+    const D = Float64Array.from(S.subarray(0, b * b));
+    const fail = choleskyF64(D, b);
+    if (fail >= 0) return k + fail;
+    for (let i = 0; i < b; i++) {
+      for (let j = 0; j <= i; j++) A[(k + i) * n + k + j] = D[i * b + j];
+    }
+    if (m > b) {
+      const invDt = Float32Array.from(invertLowerF64(D, b));
+      const L21 = await matmulT(rt, { data: S.subarray(b * b), shape: [m - b, b] }, {
+        data: invDt,
+        shape: [b, b],
+      });
+      for (let i = 0; i < m - b; i++) {
+        const src = L21.data.subarray(i * b, i * b + b);
+        if (!src.every(Number.isFinite)) return k + b;
+        A.set(src, (k + b + i) * n + k);
+      }
+    }
+  }
+  return -1;
+}
+
+/**
+ * The blocked inverse of {@linkcode invertLower} over L's own storage. Before block row i the
+ * finished `X[:i, :i]` lies packed with row stride i at the start of the buffer (the exact GEMM
+ * operand, so no copy) and L's rows i.. are still in place at stride n; each step widens the
+ * packed block to stride i + b and appends the new block row.
+ */
+async function invertLowerInPlace(
+  rt: Runtime,
+  X: Float32Array,
+  n: number,
+  blockSize: number,
+): Promise<void> {
+  for (let i = 0; i < n; i += blockSize) {
+    const b = Math.min(blockSize, n - i), w = i + b;
+    const D = new Float64Array(b * b);
+    for (let r = 0; r < b; r++) {
+      for (let c = 0; c <= r; c++) D[r * b + c] = X[(i + r) * n + i + c];
+    }
+    const Xii = invertLowerF64(D, b);
+    let y: Float32Array | null = null;
+    if (i > 0) {
+      const Lrow = new Float32Array(b * i);
+      for (let r = 0; r < b; r++) Lrow.set(X.subarray((i + r) * n, (i + r) * n + i), r * i);
+      y = (await rt.run(TRI_INV_GRAPH, {
+        d: { data: Float32Array.from(Xii), shape: [b, b] },
+        a: { data: Lrow, shape: [b, i] },
+        x: { data: X.subarray(0, i * i), shape: [i, i] },
+      }, { arena: false })).y.data;
+    }
+    // Last row first: row r moves up to r·w ≥ r·i, past every row not yet moved.
+    for (let r = i - 1; r >= 0; r--) {
+      X.copyWithin(r * w, r * i, r * i + i);
+      X.fill(0, r * w + i, (r + 1) * w);
+    }
+    for (let r = 0; r < b; r++) {
+      const dst = (i + r) * w;
+      if (y) X.set(y.subarray(r * i, (r + 1) * i), dst);
+      for (let c = 0; c < b; c++) X[dst + i + c] = Xii[r * b + c];
+    }
+  }
 }

@@ -4,6 +4,7 @@
  * @module
  */
 import * as ort from "onnxruntime-node";
+import { GarbageMeter, releaseMemory } from "./garbage.ts";
 import type { Tensor } from "./tensor.ts";
 
 /** Where graphs run. */
@@ -25,12 +26,16 @@ export interface SessionOptions {
   arena?: boolean;
 }
 
+/** Outputs from this size on count towards the next garbage collection. */
+const LARGE_OUTPUT = 2 ** 20;
+
 /** Runs graphs on one device and caches their sessions. */
 export class Runtime {
   /** The execution device every session of this runtime uses. */
   readonly device: Device;
   #sessions = new Map<string, Promise<ort.InferenceSession>>();
   #threads: number;
+  #garbage = new GarbageMeter();
 
   /** A runtime on `device` (cpu by default) with `threads` intra-op threads (default: all cores). */
   constructor(device: Device = "cpu", threads = navigator.hardwareConcurrency ?? 2) {
@@ -69,10 +74,32 @@ export class Runtime {
     }
     const out = await s.run(ortFeeds);
     const result: Record<string, Tensor> = {};
+    let outBytes = 0;
     for (const [name, t] of Object.entries(out)) {
-      result[name] = { data: t.data as Float32Array, shape: t.dims.map(Number) };
+      const data = t.data as Float32Array;
+      result[name] = { data, shape: t.dims.map(Number) };
+      if (data.byteLength >= LARGE_OUTPUT) outBytes += data.byteLength;
     }
+    // Outputs arrive as fresh buffers: the previous runs' are garbage by now, and V8 alone
+    // would let hundreds of MB of large ones pile up in loops of large products (small ones,
+    // as in training steps, it handles well, and counting them would only add collections).
+    this.#garbage.add(outBytes);
     return result;
+  }
+
+  /**
+   * Releases the cached session of one graph, and with it the memory its arena holds (a later
+   * run compiles the graph again).
+   */
+  async releaseGraph(bytes: Uint8Array): Promise<void> {
+    const h = hashBytes(bytes);
+    for (const key of [h, `${h}:no-arena`]) {
+      const s = this.#sessions.get(key);
+      if (!s) continue;
+      this.#sessions.delete(key);
+      await (await s).release();
+    }
+    releaseMemory();
   }
 
   /** Releases every cached session. */

@@ -18,6 +18,13 @@ export interface BlockGraphOptions {
   abits?: number;
   /** Also output the input of each linear group (`x_qkv`, `x_o`, `x_gateup`, `x_down`, [N, in]). */
   capture?: boolean;
+  /**
+   * Also output the Gram matrix `xᵀx` [in, in] of these linear groups' inputs, summed over the
+   * rows whose `valid` input ([B·T, 1]) is 1 (a padded batch marks its padding 0).
+   */
+  grams?: readonly CapturePoint[];
+  /** Output the block's result `y` (default true; false skips the work only `y` needs). */
+  output?: boolean;
   /** Per-token fake quantization of q and k (after RoPE) and v, per head (the "KV cache"). */
   kvBits?: number;
 }
@@ -80,6 +87,30 @@ export const BLOCK_INPUTS = [
   "mlp.down_proj.weight",
 ] as const;
 
+/** Columns per part of a blocked Gram matrix (see {@linkcode gramParts}). */
+const GRAM_PART = 768;
+
+/**
+ * Column boundaries `[0, …, k]` of the parts a Gram matrix xᵀx over k columns is computed in:
+ * only the blocks on and above the diagonal are, which saves up to half the product and the
+ * output for wide inputs (a quarter of it at 2 parts, three eighths at 4). Up to 768 columns it
+ * is one product.
+ */
+export function gramParts(k: number): number[] {
+  const parts = Math.ceil(k / GRAM_PART);
+  return Array.from({ length: parts + 1 }, (_, i) => Math.round((i * k) / parts));
+}
+
+/** The block graph's output holding block (a, b) of the Gram matrix of a point's inputs. */
+export function gramName(p: CapturePoint, a: number, b: number): string {
+  return `gram.${p}.${a}.${b}`;
+}
+
+/** Columns of a capture point's inputs. */
+export function captureWidth(c: ModelConfig, p: CapturePoint): number {
+  return p === "x_down" ? c.intermediate : p === "x_o" ? c.heads * c.headDim : c.hidden;
+}
+
 /** The names of the captured linear inputs, in block order. */
 export const CAPTURE_POINTS = ["x_qkv", "x_o", "x_gateup", "x_down"] as const;
 /** A captured linear input. */
@@ -141,8 +172,23 @@ export function buildBlockGraph(c: ModelConfig, o: BlockGraphOptions): Uint8Arra
   const w: Record<string, Value> = {};
   for (const [name, shape] of Object.entries(blockTensorShapes(c))) w[name] = g.input(name, shape);
   const { y, captured } = addBlock(g, c, o, { x, cos, sin, mask, w });
-  g.output(y, "y");
+  if (o.output ?? true) g.output(y, "y");
   if (o.capture) { for (const p of CAPTURE_POINTS) g.output(captured[p], p); }
+  if (o.grams?.length) {
+    const valid = g.input("valid", [B * T, 1]);
+    for (const p of o.grams) {
+      const v = captured[p];
+      const bounds = gramParts(captureWidth(c, p));
+      const cols = (v: Value, a: number) =>
+        bounds.length === 2 ? v : g.slice(v, [bounds[a]], [bounds[a + 1]], [1]);
+      const masked = g.mul(v, valid);
+      for (let a = 0; a + 1 < bounds.length; a++) {
+        for (let b = a; b + 1 < bounds.length; b++) {
+          g.output(g.op("Gemm", [cols(masked, a), cols(v, b)], { transA: 1 }), gramName(p, a, b));
+        }
+      }
+    }
+  }
   return g.toBytes();
 }
 

@@ -5,11 +5,16 @@
  */
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
+import { ActivationFile } from "./activation_file.ts";
 import {
+  type BlockGraphOptions,
   buildBlockGraph,
   buildHeadGraph,
   CAPTURE_POINTS,
   type CapturePoint,
+  captureWidth,
+  gramName,
+  gramParts,
 } from "./block_graph.ts";
 import { blockTensorShapes, type ModelConfig } from "./config.ts";
 import type { BlockWeights } from "./model.ts";
@@ -39,10 +44,18 @@ export function causalMask(seqlen: number): Tensor {
   return { data: m, shape: [seqlen, seqlen] };
 }
 
-/** Looks up token embeddings: ids of `windows × seqlen` tokens → [windows, seqlen, hidden]. */
-export function embed(table: Tensor, ids: ArrayLike<number>, seqlen: number): Tensor {
+/**
+ * Looks up token embeddings: ids of `windows × seqlen` tokens → [windows, seqlen, hidden]
+ * (written into `into` when given).
+ */
+export function embed(
+  table: Tensor,
+  ids: ArrayLike<number>,
+  seqlen: number,
+  into?: Float32Array,
+): Tensor {
   const d = table.shape[1], vocab = table.shape[0];
-  const out = new Float32Array(ids.length * d);
+  const out = into ?? new Float32Array(ids.length * d);
   for (let i = 0; i < ids.length; i++) {
     const id = ids[i];
     if (!(id >= 0 && id < vocab)) {
@@ -53,13 +66,17 @@ export function embed(table: Tensor, ids: ArrayLike<number>, seqlen: number): Te
   return { data: out, shape: [ids.length / seqlen, seqlen, d] };
 }
 
+/** Block inputs `[windows, seqlen, hidden]`: in memory, or offloaded to a file. */
+export type BlockInput = Tensor | ActivationFile;
+
 /** How a block is run over a set of windows. */
 export interface BlockRunOptions {
   /** Per-token activation fake quantization of every linear input (bits; ≥ 16 or absent: off). */
   abits?: number;
   /**
    * Write the output over the input (x is consumed): each batch's output depends only on that
-   * batch's input, so this halves the activation memory of a pass.
+   * batch's input, so this halves the activation memory of a pass. Offloaded inputs are always
+   * updated in place.
    */
   inPlace?: boolean;
   /** Per-token fake quantization of q/k/v (bits; absent: off). */
@@ -67,9 +84,44 @@ export interface BlockRunOptions {
   /** Windows per graph run; default from a ~64 MB activation budget ({@linkcode defaultBatch}). */
   batch?: number;
   /**
+   * Release the block graph's session after the pass, and the memory its arena holds, when the
+   * pass is long enough ({@linkcode TRANSIENT_MIN_FLOP}): for passes over a whole calibration set,
+   * so that the arenas of the several block graphs of a stream never add up.
+   */
+  transient?: boolean;
+  /**
    * Receives each batch's linear inputs ([rows, in] for `x_qkv`, `x_o`, `x_gateup`, `x_down`)
    * when given; the block graph then also computes them.
    */
+  onCapture?: (inputs: Record<CapturePoint, Tensor>, firstWindow: number) => void | Promise<void>;
+}
+
+/** A Gram matrix as its upper blocks: `blocks[a][b − a]` spans columns `bounds[a]…` × `bounds[b]…`. */
+export interface GramBlocks {
+  /** Column boundaries `[0, …, k]`. */
+  bounds: number[];
+  /** Row of blocks a, from the diagonal block on. */
+  blocks: Tensor[][];
+}
+
+/** What {@linkcode captureBlock} gathers. */
+export interface BlockCaptureOptions {
+  /** Per-token activation fake quantization of every linear input (bits; ≥ 16 or absent: off). */
+  abits?: number;
+  /** Per-token fake quantization of q/k/v (bits; absent: off). */
+  kvBits?: number;
+  /** Windows per graph run (default {@linkcode defaultBatch}). */
+  batch?: number;
+  /** Release the graph's session after the pass ({@linkcode BlockRunOptions.transient}). */
+  transient?: boolean;
+  /** Points whose Gram matrices `xᵀx` ([in, in], this batch's rows) go to `onGrams`. */
+  grams?: readonly CapturePoint[];
+  /**
+   * Receives each batch's Gram matrices, as the blocks on and above the diagonal between the
+   * column boundaries of {@linkcode gramParts}: `blocks[a][b − a]` is block (a, b).
+   */
+  onGrams?: (grams: Map<CapturePoint, GramBlocks>, firstWindow: number) => void | Promise<void>;
+  /** Receives each batch's linear inputs, as {@linkcode BlockRunOptions.onCapture}. */
   onCapture?: (inputs: Record<CapturePoint, Tensor>, firstWindow: number) => void | Promise<void>;
 }
 
@@ -86,18 +138,112 @@ export function defaultBatch(c: ModelConfig, seqlen: number): number {
 }
 
 /** Runs one decoder block over x [W, T, d] and returns its output [W, T, d]. */
-export async function runBlock(
+export function runBlock(
   rt: Runtime,
   c: ModelConfig,
   weights: BlockWeights,
   x: Tensor,
+  o?: BlockRunOptions,
+): Promise<Tensor>;
+/** Runs one decoder block over x, writing the output over it; returns x. */
+export function runBlock(
+  rt: Runtime,
+  c: ModelConfig,
+  weights: BlockWeights,
+  x: BlockInput,
+  o: BlockRunOptions & { inPlace: true },
+): Promise<BlockInput>;
+export async function runBlock(
+  rt: Runtime,
+  c: ModelConfig,
+  weights: BlockWeights,
+  x: BlockInput,
   o: BlockRunOptions = {},
-): Promise<Tensor> {
+): Promise<BlockInput> {
+  const [W, T, d] = x.shape;
+  const file = x instanceof ActivationFile ? x : null;
+  const out = file ? null : o.inPlace ? (x as Tensor).data : new Float32Array(W * T * d);
+  await forEachBatch(rt, c, weights, x, o, { capture: !!o.onCapture }, async (r, w0, b) => {
+    const y = r.y.data.subarray(0, b * T * d);
+    if (file) file.write(w0, y);
+    else out!.set(y, w0 * T * d);
+    if (o.onCapture) await o.onCapture(capturedRows(r, b * T), w0);
+  });
+  return file ?? { data: out!, shape: [W, T, d] };
+}
+
+/**
+ * Runs one decoder block over x for what its linear layers read (Gram matrices, raw inputs),
+ * without computing the block's output.
+ */
+export async function captureBlock(
+  rt: Runtime,
+  c: ModelConfig,
+  weights: BlockWeights,
+  x: BlockInput,
+  o: BlockCaptureOptions,
+): Promise<void> {
+  const T = x.shape[1];
+  const grams = o.grams ?? [];
+  await forEachBatch(rt, c, weights, x, o, {
+    capture: !!o.onCapture,
+    grams,
+    output: false,
+  }, async (r, w0, b) => {
+    if (grams.length) {
+      const m = new Map<CapturePoint, GramBlocks>();
+      for (const p of grams) {
+        const bounds = gramParts(captureWidth(c, p)), n = bounds.length - 1;
+        const blocks = Array.from(
+          { length: n },
+          (_, a) => Array.from({ length: n - a }, (_, i) => r[gramName(p, a, a + i)]),
+        );
+        m.set(p, { bounds, blocks });
+      }
+      await o.onGrams?.(m, w0);
+    }
+    if (o.onCapture) await o.onCapture(capturedRows(r, b * T), w0);
+  });
+}
+
+/** A batch's captured linear inputs, without its padding rows. */
+function capturedRows(r: Record<string, Tensor>, rows: number): Record<CapturePoint, Tensor> {
+  const cap = {} as Record<CapturePoint, Tensor>;
+  for (const p of CAPTURE_POINTS) {
+    const t = r[p];
+    const k = t.shape[1];
+    cap[p] = rows < t.shape[0] ? { data: t.data.subarray(0, rows * k), shape: [rows, k] } : t;
+  }
+  return cap;
+}
+
+/**
+ * The least work (FLOP) of a pass whose session {@linkcode BlockRunOptions.transient} releases:
+ * about a second here. Compiling the graph again and faulting its arena back in take ~0.1 s,
+ * which would double the short passes of small models, whose arenas matter less anyway.
+ */
+export const TRANSIENT_MIN_FLOP = 2e11;
+
+/** Multiply-adds ×2 of the block's weight matrices over `tokens` tokens. */
+function passFlop(weights: BlockWeights, tokens: number): number {
+  let params = 0;
+  for (const t of Object.values(weights)) if (t.shape.length === 2) params += t.data.length;
+  return 2 * params * tokens;
+}
+
+/** Runs the block graph batch by batch over x, handing each run's outputs to `each`. */
+async function forEachBatch(
+  rt: Runtime,
+  c: ModelConfig,
+  weights: BlockWeights,
+  x: BlockInput,
+  o: { abits?: number; kvBits?: number; batch?: number; inPlace?: boolean; transient?: boolean },
+  outputs: Pick<BlockGraphOptions, "capture" | "grams" | "output">,
+  each: (r: Record<string, Tensor>, firstWindow: number, windows: number) => Promise<void>,
+): Promise<void> {
   const [W, T, d] = x.shape;
   const B = Math.min(W, o.batch ?? defaultBatch(c, T));
-  const { cos, sin } = ropeTables(c, T);
-  const mask = causalMask(T);
-  const out = o.inPlace ? x.data : new Float32Array(x.data.length);
+  const { cos, sin, mask } = positionTables(c, T);
   // The graph takes every tensor the block carries (reassembly maps, static scales, …).
   const standard = blockTensorShapes({ ...c, extraTensors: undefined });
   const extraTensors: Record<string, number[]> = {};
@@ -110,32 +256,38 @@ export async function runBlock(
     seqlen: T,
     abits: o.abits,
     kvBits: o.kvBits,
-    capture: !!o.onCapture,
+    ...outputs,
   });
+  const file = x instanceof ActivationFile ? x : null;
   for (let w0 = 0; w0 < W; w0 += B) {
     const b = Math.min(B, W - w0);
-    let xb = x.data.subarray(w0 * T * d, (w0 + b) * T * d);
-    if (o.inPlace) xb = xb.slice(); // the output is written over this batch's input
-    if (b < B) {
+    let xb: Float32Array;
+    if (file) {
+      xb = file.read(w0, b, new Float32Array(B * T * d));
+    } else {
+      xb = (x as Tensor).data.subarray(w0 * T * d, (w0 + b) * T * d);
+      if (o.inPlace) xb = xb.slice(); // the output is written over this batch's input
+    }
+    if (xb.length < B * T * d) {
       const padded = new Float32Array(B * T * d);
       padded.set(xb);
       xb = padded;
     }
     const feeds: Record<string, Tensor> = { x: { data: xb, shape: [B, T, d] }, cos, sin, mask };
     for (const [name, t] of Object.entries(weights)) feeds[name] = t;
-    const r = await rt.run(graph, feeds);
-    out.set(r.y.data.subarray(0, b * T * d), w0 * T * d);
-    if (o.onCapture) {
-      const cap = {} as Record<CapturePoint, Tensor>;
-      for (const p of CAPTURE_POINTS) {
-        const t = r[p];
-        const k = t.shape[1];
-        cap[p] = b < B ? { data: t.data.subarray(0, b * T * k), shape: [b * T, k] } : t;
-      }
-      await o.onCapture(cap, w0);
+    if (outputs.grams?.length) {
+      const valid = new Float32Array(B * T);
+      valid.fill(1, 0, b * T);
+      feeds.valid = { data: valid, shape: [B * T, 1] };
     }
+    await each(await rt.run(graph, feeds), w0, b);
   }
-  return { data: out, shape: [W, T, d] };
+  if (o.transient && passFlop(weights, W * T) >= TRANSIENT_MIN_FLOP) await rt.releaseGraph(graph);
+}
+
+/** RoPE tables and causal mask for windows of `seqlen` tokens. */
+function positionTables(c: ModelConfig, seqlen: number) {
+  return { ...ropeTables(c, seqlen), mask: causalMask(seqlen) };
 }
 
 /**

@@ -13,6 +13,8 @@ import {
   COMMON_FLAGS,
   COMMON_USAGE,
   commonRun,
+  OFFLOAD_FLAGS,
+  OFFLOAD_USAGE,
   printReport,
   type QuantizeReport,
   runQuantization,
@@ -25,12 +27,14 @@ const USAGE =
   --target-bits X      fractional average bits: the columns with most outliers get B+2 bits
   --outlier-ratio R    fraction of each column's entries kept in fp16 at each tail, or
                        "dynamic" (1.4% for the 10% most outlier-rich columns, 0.4% for the rest)
-${COMMON_USAGE}`;
+${COMMON_USAGE}
+${OFFLOAD_USAGE}`;
 
 /** Runs CLAQ from command-line flags. */
 export async function claqMain(argv: string[]): Promise<QuantizeReport | undefined> {
   const f = parseFlags(argv, {
     ...COMMON_FLAGS,
+    ...OFFLOAD_FLAGS,
     wbits: { type: "string" },
     "target-bits": { type: "string" },
     "outlier-ratio": { type: "string" },
@@ -65,6 +69,7 @@ export async function claqMain(argv: string[]): Promise<QuantizeReport | undefin
   };
   const report = await runQuantization({
     ...commonRun(f, "claq"),
+    offloadActivations: !!f["offload-activations"],
     method: "claq",
     wbits: target ?? bits,
     quantConfig: { bits, average_bits: target ?? bits, codebook: "per-column k-means" },

@@ -9,7 +9,7 @@
  * @module
  */
 import { fixtureText } from "../fixtures/paths.ts";
-import { type Stage, stage } from "../stages/job.ts";
+import { inMemory, type Stage, stage } from "../stages/job.ts";
 import { propagate } from "../stages/propagate.ts";
 import { gptqStage } from "../stages/weight_quant.ts";
 import { parseFlags, runMain } from "./cli.ts";
@@ -19,7 +19,7 @@ import { DEFAULT_MODEL } from "../fixtures/paths.ts";
 /** Per-channel max |x| of each block's (quantized-chain) input, and its worst channels. */
 export function inputOutliers(top = 5): Stage {
   return stage("input-outliers", (job) => {
-    const x = job.qIn;
+    const x = inMemory(job.qIn, "input-outliers");
     const d = x.shape[2];
     const max = new Float64Array(d);
     for (let i = 0; i < x.data.length; i++) {

@@ -11,6 +11,8 @@ import {
   COMMON_FLAGS,
   COMMON_USAGE,
   commonRun,
+  OFFLOAD_FLAGS,
+  OFFLOAD_USAGE,
   printReport,
   type QuantizeReport,
   runQuantization,
@@ -19,12 +21,14 @@ import {
 const USAGE = `usage: deno run -A pipelines/gptq.ts [--wbits 4] [--group-size N] [--act-order]
        [--static-groups] [--true-sequential] [--sym] [--mse] [--percdamp 0.01]
        [--allow-partial-group] [common flags]
-${COMMON_USAGE}`;
+${COMMON_USAGE}
+${OFFLOAD_USAGE}`;
 
 /** Runs GPTQ from command-line flags. */
 export async function gptqMain(argv: string[]): Promise<QuantizeReport | undefined> {
   const f = parseFlags(argv, {
     ...COMMON_FLAGS,
+    ...OFFLOAD_FLAGS,
     wbits: { type: "string" },
     "group-size": { type: "string" },
     "act-order": { type: "boolean" },
@@ -55,6 +59,7 @@ export async function gptqMain(argv: string[]): Promise<QuantizeReport | undefin
   };
   const report = await runQuantization({
     ...commonRun(f, "gptq"),
+    offloadActivations: !!f["offload-activations"],
     method: "gptq",
     wbits: bits,
     abits: 16,

@@ -9,7 +9,9 @@ import { Runtime } from "../kernels/session.ts";
 import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
 import { calibrationWindows } from "../models/calibration.ts";
 import { checkSeqlen } from "../models/config.ts";
+import { ActivationFile } from "../models/activation_file.ts";
 import { embed } from "../models/forward.ts";
+import type { Tensor } from "../kernels/tensor.ts";
 import { openModel } from "../models/model.ts";
 import { readDataset } from "../models/text.ts";
 import { loadTokenizer } from "../models/tokenizer.ts";
@@ -17,7 +19,7 @@ import { ModelWriter } from "../models/writer.ts";
 import type { RunContext, Stage, StageReport } from "../stages/job.ts";
 import { blockSink, blockSource, ChainLink, runStream, type SinkResult } from "../stages/stream.ts";
 import { type Device } from "../kernels/session.ts";
-import { deviceFlag, intFlag, type Options, Progress } from "./cli.ts";
+import { deviceFlag, intFlag, type Options, Progress, UsageError } from "./cli.ts";
 import { defaultSeqlen, modelDir, perplexity } from "./eval.ts";
 
 /** Everything a pipeline run needs. */
@@ -40,6 +42,11 @@ export interface QuantizeRun {
   stages: (ctx: RunContext) => Stage[];
   /** Keep the full-precision teacher chain (needed by `capture()`). */
   teacher?: boolean;
+  /**
+   * Keep the calibration activations in a file beside the output instead of in memory
+   * (`--offload-activations`; layer-wise methods only, whose stages read them in block passes).
+   */
+  offloadActivations?: boolean;
   /** Calibration data: text file, windows, window length (default min(256, max positions)), seed. */
   calib: { file: string; nsamples: number; seqlen?: number; seed: number };
   /** Evaluation texts and windows per text (default all). */
@@ -180,23 +187,29 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       kvBits: r.kvBits,
       log: (m) => progress.log(m),
     };
+    if (r.offloadActivations && r.teacher) {
+      throw new UsageError(
+        `--offload-activations: ${r.method} trains on the activations and needs them in memory`,
+      );
+    }
     writer = await ModelWriter.create(r.out, c);
     const table = await model.embedding();
     await writer.add("model.embed_tokens.weight", table);
     const link = new ChainLink();
     const sink: SinkResult = { reports: [], storage: {}, extraTensors: {} };
-    await time("quantize", () =>
-      runStream(
-        blockSource({
-          model,
-          ctx,
-          input: embed(table, calib.data, seqlen),
-          teacher: !!r.teacher,
-          link,
-        }),
-        r.stages(ctx),
-        blockSink(writer!, link, sink),
-      ));
+    const input = r.offloadActivations
+      ? embedToFile(table, calib.data, seqlen, `${writer.tmpDir}/activations.tmp`)
+      : embed(table, calib.data, seqlen);
+    try {
+      await time("quantize", () =>
+        runStream(
+          blockSource({ model, ctx, input, teacher: !!r.teacher, link }),
+          r.stages(ctx),
+          blockSink(writer!, link, sink),
+        ));
+    } finally {
+      if (input instanceof ActivationFile) input.close();
+    }
     await writer.finish(await model.finalNorm(), await model.head(), r.model, {
       quantization_config: {
         quant_method: `qllm-deno/${r.method}`,
@@ -273,6 +286,33 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     await rt.release();
   }
 }
+
+/** Embeds the calibration windows straight into an activation file, a window at a time. */
+function embedToFile(
+  table: Tensor,
+  ids: Int32Array,
+  seqlen: number,
+  path: string,
+): ActivationFile {
+  const windows = ids.length / seqlen, d = table.shape[1];
+  const file = ActivationFile.create(path, [windows, seqlen, d]);
+  const buf = new Float32Array(seqlen * d);
+  for (let w = 0; w < windows; w++) {
+    embed(table, ids.subarray(w * seqlen, (w + 1) * seqlen), seqlen, buf);
+    file.write(w, buf);
+  }
+  return file;
+}
+
+/** The flag of the layer-wise pipelines (RTN, GPTQ, CLAQ) that offloads the activations. */
+export const OFFLOAD_FLAGS = {
+  "offload-activations": { type: "boolean" },
+} as const satisfies Options;
+
+/** Usage text of {@linkcode OFFLOAD_FLAGS}. */
+export const OFFLOAD_USAGE = `  --offload-activations
+                       keep the calibration activations in a file beside the output, read a
+                       batch at a time, instead of in memory (nsamples·seqlen·hidden·4 bytes)`;
 
 /** Flags every quantization pipeline accepts. */
 export const COMMON_FLAGS = {

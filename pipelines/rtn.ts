@@ -12,6 +12,8 @@ import {
   COMMON_FLAGS,
   COMMON_USAGE,
   commonRun,
+  OFFLOAD_FLAGS,
+  OFFLOAD_USAGE,
   printReport,
   type QuantizeReport,
   runQuantization,
@@ -21,12 +23,14 @@ const USAGE = `usage: deno run -A pipelines/rtn.ts [--wbits 4] [--abits 16] [--g
        [--mse] [--allow-partial-group] [--act-scheme token|static] [common flags]
   --act-scheme S       activation ranges: token (dynamic per token, default) or static
                        (one range per linear input, calibrated)
-${COMMON_USAGE}`;
+${COMMON_USAGE}
+${OFFLOAD_USAGE}`;
 
 /** Runs RTN from command-line flags. */
 export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefined> {
   const f = parseFlags(argv, {
     ...COMMON_FLAGS,
+    ...OFFLOAD_FLAGS,
     wbits: { type: "string" },
     abits: { type: "string" },
     "group-size": { type: "string" },
@@ -54,6 +58,7 @@ export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefine
   };
   const report = await runQuantization({
     ...commonRun(f, "rtn"),
+    offloadActivations: !!f["offload-activations"],
     method: "rtn",
     wbits: bits,
     abits,

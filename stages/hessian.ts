@@ -4,14 +4,14 @@
  * graph with its linear inputs as extra outputs and summing xᵀx per batch through ONNX Runtime.
  * @module
  */
-import { gram, matmul } from "../kernels/matmul.ts";
+import { matmul } from "../kernels/matmul.ts";
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { CapturePoint } from "../models/block_graph.ts";
 import type { LinearName } from "../models/config.ts";
-import { runBlock } from "../models/forward.ts";
+import { type BlockInput, captureBlock, type GramBlocks } from "../models/forward.ts";
 import type { BlockWeights } from "../models/model.ts";
-import type { Activations, RunContext } from "./job.ts";
+import type { RunContext } from "./job.ts";
 
 /** The captured input each linear layer reads. */
 export const INPUT_OF: Record<LinearName, CapturePoint> = {
@@ -24,70 +24,77 @@ export const INPUT_OF: Record<LinearName, CapturePoint> = {
   "mlp.down_proj": "x_down",
 };
 
-/** Rows stacked before each xᵀx product: fewer, larger ORT calls and fewer k×k temporaries. */
-const STACK_ROWS = 4096;
-
-/** Accumulates xᵀx of one capture point over row chunks, in float64. */
+/** Sums per-batch Gram matrices in float64, upper triangle only (they are symmetric). */
 class GramSum {
   readonly k: number;
-  readonly sum: Float64Array;
-  #rows: Float32Array;
-  #filled = 0;
+  #upper: Float64Array;
 
-  constructor(k: number, rowsPerBatch: number) {
+  constructor(k: number) {
     this.k = k;
-    this.sum = new Float64Array(k * k);
-    this.#rows = new Float32Array(Math.max(STACK_ROWS, rowsPerBatch) * k);
+    this.#upper = new Float64Array((k * (k + 1)) / 2);
   }
 
-  async add(rt: RunContext["rt"], x: Tensor): Promise<void> {
-    if (this.#filled * this.k + x.data.length > this.#rows.length) await this.flush(rt);
-    this.#rows.set(x.data, this.#filled * this.k);
-    this.#filled += x.shape[0];
+  /** Adds the upper blocks of one batch's Gram matrix. */
+  add({ bounds, blocks }: GramBlocks): void {
+    const k = this.k, u = this.#upper;
+    for (let a = 0; a < blocks.length; a++) {
+      for (let b = a; b < blocks.length; b++) {
+        const g = blocks[a][b - a].data;
+        const r0 = bounds[a], c0 = bounds[b], w = bounds[b + 1] - c0;
+        for (let i = r0; i < bounds[a + 1]; i++) {
+          // Packed row i of the upper triangle starts at i·k − i(i−1)/2 with column i.
+          const row = i * k - (i * (i - 1)) / 2 - i;
+          const from = Math.max(c0, i);
+          const src = (i - r0) * w - c0;
+          for (let j = from; j < c0 + w; j++) u[row + j] += g[src + j];
+        }
+      }
+    }
   }
 
-  async flush(rt: RunContext["rt"]): Promise<void> {
-    if (this.#filled === 0) return;
-    const rows = {
-      data: this.#rows.subarray(0, this.#filled * this.k),
-      shape: [this.#filled, this.k],
-    };
-    const g = (await gram(rt, rows)).data;
-    const s = this.sum;
-    for (let i = 0; i < s.length; i++) s[i] += g[i];
-    this.#filled = 0;
+  /** `scale · Σ`, as a full symmetric float32 matrix. */
+  scaled(scale: number): Float32Array {
+    const k = this.k, u = this.#upper;
+    const h = new Float32Array(k * k);
+    let t = 0;
+    for (let i = 0; i < k; i++) {
+      for (let j = i; j < k; j++) h[i * k + j] = h[j * k + i] = u[t++] * scale;
+    }
+    return h;
   }
 }
 
-/** Hessians of the requested capture points, each [in, in] float32 (summed in float64). */
+/**
+ * Hessians of the requested capture points, each [in, in] float32. The block graph computes
+ * each batch's xᵀx (never the block's output), and the batches are summed in float64.
+ */
 export async function captureHessians(
   ctx: RunContext,
   weights: BlockWeights,
-  x: Activations,
+  x: BlockInput,
   points: ReadonlySet<CapturePoint>,
+  o: { batch?: number } = {},
 ): Promise<Map<CapturePoint, Float32Array>> {
   const sums = new Map<CapturePoint, GramSum>();
-  await runBlock(ctx.rt, ctx.config, weights, x, {
+  await captureBlock(ctx.rt, ctx.config, weights, x, {
+    batch: o.batch,
+    transient: true,
     abits: ctx.abits,
-    onCapture: async (inputs) => {
-      for (const p of points) {
-        const xp = inputs[p];
+    kvBits: ctx.kvBits,
+    grams: [...points],
+    onGrams: (grams) => {
+      for (const [p, g] of grams) {
         let s = sums.get(p);
-        if (!s) {
-          s = new GramSum(xp.shape[1], xp.shape[0]);
-          sums.set(p, s);
-        }
-        await s.add(ctx.rt, xp);
+        if (!s) sums.set(p, s = new GramSum(g.bounds.at(-1)!));
+        s.add(g);
       }
     },
   });
   const scale = 2 / x.shape[0];
   const out = new Map<CapturePoint, Float32Array>();
   for (const [p, s] of sums) {
-    await s.flush(ctx.rt);
-    const h = new Float32Array(s.sum.length);
-    for (let i = 0; i < h.length; i++) h[i] = s.sum[i] * scale;
-    out.set(p, h);
+    out.set(p, s.scaled(scale));
+    sums.delete(p);
   }
   return out;
 }

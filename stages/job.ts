@@ -5,14 +5,26 @@
  */
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
+import { ActivationFile } from "../models/activation_file.ts";
 import type { ModelConfig } from "../models/config.ts";
 import type { BlockWeights } from "../models/model.ts";
 
 /**
- * Calibration activations entering or leaving a block: [nsamples, seqlen, hidden].
- * One tensor per chain; a chain is dropped as soon as the next block's inputs exist.
+ * Calibration activations entering or leaving a block: [nsamples, seqlen, hidden], in memory
+ * or offloaded to a file (`--offload-activations`, block passes only). One per chain; a chain is
+ * dropped as soon as the next block's inputs exist.
  */
-export type Activations = Tensor;
+export type Activations = Tensor | ActivationFile;
+
+/** The activations as an in-memory tensor; `who` names the stage that needs random access. */
+export function inMemory(x: Activations, who: string): Tensor {
+  if (x instanceof ActivationFile) {
+    throw new Error(
+      `${who} needs the calibration activations in memory; run without --offload-activations`,
+    );
+  }
+  return x;
+}
 
 /** Learned state of one block: tensors saved to `learned.safetensors` under `model.layers.{i}.`. */
 export type LearnedState = Record<string, Tensor | { int32: Int32Array; shape: number[] }>;
@@ -58,7 +70,10 @@ export interface BlockJob {
    * and never write into a tensor's data, so `fpWeights` stays the original block at no cost.
    */
   weights: BlockWeights;
-  /** The block's original tensors (the teacher). */
+  /**
+   * The block's original tensors (the teacher), when the run keeps a teacher chain; empty
+   * otherwise, so that a layer-wise run holds each original weight only until it is replaced.
+   */
   fpWeights: BlockWeights;
   /** Block inputs under the full-precision model (the teacher chain), when the run keeps it. */
   fpIn?: Activations;

@@ -5,13 +5,18 @@
  * @module
  */
 import { runBlock } from "../models/forward.ts";
-import { type Stage, stage } from "./job.ts";
+import { inMemory, type Stage, stage } from "./job.ts";
 
 /** Teacher outputs: the original block on the full-precision chain. */
 export function capture(): Stage {
   return stage("capture", async (job) => {
     if (!job.fpIn) throw new Error("capture(): this run keeps no teacher chain (teacher: true)");
-    job.fpOut = await runBlock(job.ctx.rt, job.ctx.config, job.fpWeights, job.fpIn);
+    job.fpOut = await runBlock(
+      job.ctx.rt,
+      job.ctx.config,
+      job.fpWeights,
+      inMemory(job.fpIn, "capture()"),
+    );
   });
 }
 
@@ -24,12 +29,14 @@ export function propagate(): Stage {
   return stage("propagate", async (job) => {
     job.qOut = await runBlock(job.ctx.rt, job.ctx.config, job.weights, job.qIn, {
       inPlace: true,
+      transient: true,
       abits: job.ctx.abits,
       kvBits: job.ctx.kvBits,
     });
-    if (job.fpOut && job.fpOut.data.length === job.qOut.data.length) {
+    const fpOut = job.fpOut, qOut = job.qOut;
+    if (fpOut && "data" in fpOut && "data" in qOut && fpOut.data.length === qOut.data.length) {
       let num = 0, den = 0;
-      const a = job.qOut.data, b = job.fpOut.data;
+      const a = qOut.data, b = fpOut.data;
       for (let i = 0; i < a.length; i++) {
         const d = a[i] - b[i];
         num += d * d;

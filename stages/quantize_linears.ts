@@ -57,12 +57,21 @@ export function quantizeLinears(q: LinearQuantizer): Stage {
       const t0 = performance.now();
       const points = new Set<CapturePoint>(group.map((l) => INPUT_OF[l]));
       const H = await captureHessians(job.ctx, job.weights, job.qIn, points);
-      hessianSeconds += (performance.now() - t0) / 1000;
-      for (const layer of group) {
+      const t = (performance.now() - t0) / 1000;
+      hessianSeconds += t;
+      job.ctx.log(
+        `block ${job.index + 1}/${job.ctx.config.layers}: ${q.name} Hessians of ` +
+          `${[...points].join(", ")} (${t.toFixed(1)} s)`,
+      );
+      for (const [i, layer] of group.entries()) {
         const t1 = performance.now();
         const key = `${layer}.weight`;
         const W = job.weights[key];
         const h = H.get(INPUT_OF[layer])!;
+        // Release each Hessian after its last layer: down_proj's is the largest and comes last.
+        if (!group.slice(i + 1).some((l) => INPUT_OF[l] === INPUT_OF[layer])) {
+          H.delete(INPUT_OF[layer]);
+        }
         const r = await q.quantize(job.ctx, layer, W, h, job.index);
         const rel = await relativeOutputError(job.ctx.rt, W, r.weight, h);
         job.weights[key] = r.weight;

@@ -54,7 +54,7 @@ import type { Feed, Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { fakeQuantPerToken, reassemblyNames, rope } from "../models/block_graph.ts";
 import type { ModelConfig } from "../models/config.ts";
-import { causalMask, ropeTables, runBlock } from "../models/forward.ts";
+import { captureBlock, causalMask, ropeTables } from "../models/forward.ts";
 import type { BlockWeights } from "../models/model.ts";
 import { type BlockJob, type Stage, stage } from "./job.ts";
 
@@ -648,7 +648,7 @@ export async function reassemblyStats(
   }
   const T = job.fpIn.shape[1];
   const stats = {} as Record<ReassemblyPoint, PointStats>;
-  await runBlock(job.ctx.rt, job.ctx.config, job.fpWeights, job.fpIn, {
+  await captureBlock(job.ctx.rt, job.ctx.config, job.fpWeights, job.fpIn, {
     onCapture: (cap, first) => {
       for (const p of REASSEMBLY_POINTS) {
         const t = cap[p], k = t.shape[1];

@@ -15,11 +15,11 @@ import type { Feed } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { addBlock, CAPTURE_POINTS, type CapturePoint } from "../models/block_graph.ts";
 import type { ModelConfig } from "../models/config.ts";
-import { causalMask, ropeTables, runBlock } from "../models/forward.ts";
+import { captureBlock, causalMask, ropeTables, runBlock } from "../models/forward.ts";
 import type { BlockWeights } from "../models/model.ts";
 import { SafetensorsReader, writeSafetensors } from "../models/safetensors.ts";
-import type { BlockJob, Stage } from "./job.ts";
-import { stage } from "./job.ts";
+import type { Activations, BlockJob, Stage } from "./job.ts";
+import { inMemory, stage } from "./job.ts";
 
 /** Per-channel max |x| of each linear group's input on the teacher chain (unquantized). */
 export type ChannelStats = Record<CapturePoint, Float32Array>;
@@ -108,10 +108,10 @@ async function saveCheckpoint(dir: string, block: number, params: Param[]): Prom
 export async function channelStats(
   job: BlockJob,
   weights: BlockWeights,
-  x: Tensor,
+  x: Activations,
 ): Promise<ChannelStats> {
   const stats = {} as ChannelStats;
-  await runBlock(job.ctx.rt, job.ctx.config, weights, x, {
+  await captureBlock(job.ctx.rt, job.ctx.config, weights, x, {
     onCapture: (cap) => {
       for (const p of CAPTURE_POINTS) {
         const t = cap[p], k = t.shape[1];
@@ -272,13 +272,14 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
     const { cos, sin } = ropeTables(c, seqlen);
     const fixed: Record<string, Feed> = { cos, sin, mask: causalMask(seqlen) };
     for (const name of graphs.names) fixed[`w:${name}`] = base[name];
+    const qIn = inMemory(job.qIn, m.name), fpOut = inMemory(job.fpOut!, m.name);
     const feedsFor = (first: number): Record<string, Feed> => {
       const f: Record<string, Feed> = {
         ...fixed,
-        x: sampleSlice(job.qIn, first, batch),
-        target: sampleSlice(job.fpOut!, first, batch),
+        x: sampleSlice(qIn, first, batch),
+        target: sampleSlice(fpOut, first, batch),
       };
-      if (m.loss === "abq") f.xfp = sampleSlice(job.fpIn!, first, batch);
+      if (m.loss === "abq") f.xfp = sampleSlice(inMemory(job.fpIn!, m.name), first, batch);
       for (const q of params) f[`p:${q.name}`] = { data: q.data, shape: q.shape };
       return f;
     };
@@ -356,7 +357,7 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
 
     // The folded block must compute what was trained: compare on the first sample.
     trained ??= (await rt.run(graphs.train, feedsFor(0))).y;
-    const foldedOut = await runBlock(rt, c, job.weights, sampleSlice(job.qIn, 0, batch), {
+    const foldedOut = await runBlock(rt, c, job.weights, sampleSlice(qIn, 0, batch), {
       abits: job.ctx.abits,
       kvBits: job.ctx.kvBits,
       batch,

@@ -14,7 +14,7 @@ import type { Feed } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { addBlock } from "../models/block_graph.ts";
 import { causalMask, ropeTables, runBlock } from "../models/forward.ts";
-import type { BlockJob, Stage } from "./job.ts";
+import { type BlockJob, inMemory, type Stage } from "./job.ts";
 import {
   channelStats,
   mse,
@@ -88,8 +88,8 @@ async function trainGroup(
   const feedsFor = (s: number): Record<string, Feed> => {
     const f: Record<string, Feed> = {
       ...fixed,
-      x: sampleSlice(first.qIn, s, batch),
-      target: sampleSlice(last.fpOut!, s, batch),
+      x: sampleSlice(inMemory(first.qIn, m.name), s, batch),
+      target: sampleSlice(inMemory(last.fpOut!, m.name), s, batch),
     };
     group.forEach((mem, k) => {
       for (const q of mem.params) f[pName(k, q.name)] = { data: q.data, shape: q.shape };
@@ -134,7 +134,7 @@ async function trainGroup(
   const trainSeconds = (performance.now() - t0) / 1000;
 
   // Fold every member, then run the student chain through the folded blocks.
-  let q: Tensor = first.qIn;
+  let q: Tensor = inMemory(first.qIn, m.name);
   let y0: Tensor | null = null;
   for (const [k, { job, params }] of group.entries()) {
     const feeds: Record<string, Feed> = {};

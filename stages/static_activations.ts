@@ -7,7 +7,7 @@
  * @module
  */
 import { actQuantNames, CAPTURE_POINTS, type CapturePoint } from "../models/block_graph.ts";
-import { runBlock } from "../models/forward.ts";
+import { captureBlock } from "../models/forward.ts";
 import { type Stage, stage } from "./job.ts";
 
 /** Scale and zero point of a range [min, max] (widened to include 0) at `bits`. */
@@ -30,7 +30,7 @@ export function staticActivations(): Stage {
     const min = {} as Record<CapturePoint, number>, max = {} as Record<CapturePoint, number>;
     for (const p of CAPTURE_POINTS) [min[p], max[p]] = [Infinity, -Infinity];
     // Unquantized activations (after any channel reassembly) of the block as it now is.
-    await runBlock(job.ctx.rt, job.ctx.config, job.weights, job.qIn, {
+    await captureBlock(job.ctx.rt, job.ctx.config, job.weights, job.qIn, {
       onCapture: (cap) => {
         for (const p of CAPTURE_POINTS) {
           const d = cap[p].data;

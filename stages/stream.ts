@@ -6,7 +6,7 @@
  * @module
  */
 import { blockTensorShapes } from "../models/config.ts";
-import type { BlockWeights, ModelSource } from "../models/model.ts";
+import type { ModelSource } from "../models/model.ts";
 import type { ModelWriter } from "../models/writer.ts";
 import type { Activations, BlockJob, RunContext, Stage, StageReport } from "./job.ts";
 
@@ -58,28 +58,33 @@ export interface SourceOptions {
   link: ChainLink;
 }
 
-/** The stream of block jobs, reading each block's weights while the previous one computes. */
+/**
+ * The stream of block jobs. Block i+1 is asked for as soon as the first stage has finished
+ * block i; its weights are read from then on, while block i goes through the later stages, so
+ * the read is hidden without holding two blocks' weights through the first stage (for the
+ * layer-wise methods, the one with the largest working set).
+ */
 export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
   const layers = o.model.config.layers;
   let i = 0;
-  let prefetch: Promise<BlockWeights> | null = null;
   return new ReadableStream<BlockJob>({
     async pull(controller) {
       if (i >= layers) {
         controller.close();
         return;
       }
-      const weights = await (prefetch ?? o.model.block(i));
+      const reading = o.model.block(i);
+      reading.catch(() => {}); // awaited below; a failed read must not go unhandled meanwhile
       const inputs = i === 0
         ? { fp: o.teacher ? o.input : undefined, q: o.input }
         : await o.link.take(i);
-      if (i + 1 < layers) prefetch = o.model.block(i + 1);
+      const weights = await reading;
       const index = i;
       controller.enqueue({
         index,
         ctx: o.ctx,
         weights,
-        fpWeights: { ...weights },
+        fpWeights: o.teacher ? { ...weights } : {},
         fpIn: inputs.fp,
         qIn: inputs.q,
         learned: {},

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import { propagate } from "../stages/propagate.ts";
 import { gptqStage } from "../stages/weight_quant.ts";
+import { gptqMain } from "../pipelines/gptq.ts";
 import { RunCache, runQuantization } from "../pipelines/quantize.ts";
 import { REFERENCE_MODELS, referenceRuns } from "./reference.ts";
 
@@ -71,3 +72,46 @@ for (const name of REFERENCE_MODELS) {
     }
   });
 }
+
+Deno.test("--offload-activations writes the same model as the in-memory chain", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const args = (out: string) => [
+      ...["--model", fixtureModel("stories260k"), "--out", out, "--wbits", "3"],
+      ...["--group-size", "32", "--act-order", "--true-sequential", "--allow-partial-group"],
+      ...["--nsamples", "24", "--seqlen", "64", "--eval-windows", "16", "--quiet"],
+    ];
+    const inMemory = await gptqMain(args(`${tmp}/mem`));
+    const offloaded = await gptqMain([...args(`${tmp}/file`), "--offload-activations"]);
+    assert.deepEqual(offloaded!.eval, inMemory!.eval);
+    assert.deepEqual(
+      await Deno.readFile(`${tmp}/file/model.safetensors`),
+      await Deno.readFile(`${tmp}/mem/model.safetensors`),
+    );
+    const left = [...Deno.readDirSync(tmp)].map((e) => e.name).sort();
+    assert.deepEqual(left, ["file", "mem"], "no activation file or partial output is left");
+    assert.ok(![...Deno.readDirSync(`${tmp}/file`)].some((e) => e.name.includes("activation")));
+
+    await assert.rejects(
+      () =>
+        runQuantization({
+          method: "omniquant",
+          wbits: 4,
+          abits: 16,
+          groupSize: 0,
+          model: fixtureModel("stories260k"),
+          out: `${tmp}/teacher`,
+          calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 4, seed: 0 },
+          eval: { files: [] },
+          stages: () => [propagate()],
+          teacher: true,
+          offloadActivations: true,
+          quiet: true,
+        }),
+      /--offload-activations: omniquant trains on the activations/,
+    );
+    assert.throws(() => Deno.statSync(`${tmp}/teacher`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});

@@ -3,6 +3,7 @@ import {
   cholesky,
   choleskyF64,
   inverseCholeskyUpper,
+  inverseCholeskyUpperInPlace,
   invertLower,
   invertLowerF64,
 } from "../kernels/linalg.ts";
@@ -127,6 +128,48 @@ Deno.test("non-positive pivots are reported, never NaN", async () => {
   assert.ok(!(await inverseCholeskyUpper(rt, nan, n)).ok);
   const singular = new Float32Array(n * n); // rank 0
   assert.ok(!(await cholesky(rt, singular, n)).ok);
+});
+
+/** Same float32 bit patterns (NaN and −0 included). */
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  return ua.length === ub.length && ua.every((v, i) => v === ub[i]);
+}
+
+Deno.test("inverseCholeskyUpperInPlace gives inverseCholeskyUpper's U bit for bit, in H", async () => {
+  for (const [n, block] of [[200, 64], [300, 128], [300, 512], [130, 128]]) {
+    const A = Float32Array.from(randomSpd(n, n + block));
+    const want = await inverseCholeskyUpper(rt, A, n, block);
+    assert.ok(want.ok);
+    const H = A.slice();
+    const got = await inverseCholeskyUpperInPlace(rt, H, n, block);
+    assert.ok(got.ok);
+    assert.equal(got.U, H, "U is H's own storage");
+    assert.ok(sameBits(got.U, want.U), `n=${n} block ${block}`);
+  }
+});
+
+Deno.test("inverseCholeskyUpperInPlace reports the pivot of an indefinite matrix", async () => {
+  const n = 200;
+  const A = Float32Array.from(randomSpd(n, 2));
+  A[150 * n + 150] = -5;
+  for (const block of [64, 128]) {
+    const want = await inverseCholeskyUpper(rt, A, n, block);
+    const got = await inverseCholeskyUpperInPlace(rt, A.slice(), n, block);
+    assert.ok(!want.ok && !got.ok);
+    assert.equal(got.pivot, 150);
+    assert.equal(got.pivot, want.pivot);
+  }
+  const rng = new Rng(5);
+  const sym = new Float32Array(n * n); // random symmetric: indefinite
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) sym[i * n + j] = sym[j * n + i] = rng.normal();
+  }
+  const want = await inverseCholeskyUpper(rt, sym, n);
+  const got = await inverseCholeskyUpperInPlace(rt, sym.slice(), n);
+  assert.ok(!want.ok && !got.ok);
+  assert.equal(got.pivot, want.pivot);
 });
 
 Deno.test("inverseCholeskyUpper on 1024×1024 (timing)", async () => {
