@@ -84,9 +84,11 @@ export interface BlockRunOptions {
   /** Windows per graph run; default from a ~64 MB activation budget ({@linkcode defaultBatch}). */
   batch?: number;
   /**
-   * Release the block graph's session after the pass, and the memory its arena holds, when the
-   * pass is long enough ({@linkcode TRANSIENT_MIN_FLOP}): for passes over a whole calibration set,
-   * so that the arenas of the several block graphs of a stream never add up.
+   * A pass over a whole calibration set: when it is long enough ({@linkcode TRANSIENT_MIN_FLOP}),
+   * release the block graph's session afterwards, and the memory its arena holds, so that the
+   * arenas of the several block graphs of a stream never add up; an output pass then also runs
+   * one window per graph run unless `batch` says otherwise (as fast here as 3 windows, with a
+   * third of the arena).
    */
   transient?: boolean;
   /**
@@ -242,7 +244,11 @@ async function forEachBatch(
   each: (r: Record<string, Tensor>, firstWindow: number, windows: number) => Promise<void>,
 ): Promise<void> {
   const [W, T, d] = x.shape;
-  const B = Math.min(W, o.batch ?? defaultBatch(c, T));
+  const long = !!o.transient && passFlop(weights, W * T) >= TRANSIENT_MIN_FLOP;
+  // A Hessian pass keeps its default batch: its Gram outputs cost the same per batch whatever
+  // the batch's size.
+  const lean = long && !outputs.grams?.length;
+  const B = Math.min(W, o.batch ?? (lean ? 1 : defaultBatch(c, T)));
   const { cos, sin, mask } = positionTables(c, T);
   // The graph takes every tensor the block carries (reassembly maps, static scales, …).
   const standard = blockTensorShapes({ ...c, extraTensors: undefined });
@@ -259,19 +265,25 @@ async function forEachBatch(
     ...outputs,
   });
   const file = x instanceof ActivationFile ? x : null;
+  // One buffer for the batches that are not a plain view of x: read from a file, written over
+  // in place, or padded.
+  let staging: Float32Array | null = null;
+  const stage = () => staging ??= new Float32Array(B * T * d);
   for (let w0 = 0; w0 < W; w0 += B) {
     const b = Math.min(B, W - w0);
     let xb: Float32Array;
     if (file) {
-      xb = file.read(w0, b, new Float32Array(B * T * d));
+      xb = file.read(w0, b, stage());
     } else {
       xb = (x as Tensor).data.subarray(w0 * T * d, (w0 + b) * T * d);
-      if (o.inPlace) xb = xb.slice(); // the output is written over this batch's input
+      if (o.inPlace || b < B) {
+        stage().set(xb);
+        xb = stage();
+      }
     }
-    if (xb.length < B * T * d) {
-      const padded = new Float32Array(B * T * d);
-      padded.set(xb);
-      xb = padded;
+    if (b < B) {
+      xb = stage();
+      xb.fill(0, b * T * d);
     }
     const feeds: Record<string, Tensor> = { x: { data: xb, shape: [B, T, d] }, cos, sin, mask };
     for (const [name, t] of Object.entries(weights)) feeds[name] = t;
@@ -282,7 +294,7 @@ async function forEachBatch(
     }
     await each(await rt.run(graph, feeds), w0, b);
   }
-  if (o.transient && passFlop(weights, W * T) >= TRANSIENT_MIN_FLOP) await rt.releaseGraph(graph);
+  if (long) await rt.releaseGraph(graph);
 }
 
 /** RoPE tables and causal mask for windows of `seqlen` tokens. */
