@@ -15,6 +15,7 @@ import {
   commonRun,
   OFFLOAD_FLAGS,
   OFFLOAD_USAGE,
+  offloadFlag,
   printReport,
   type QuantizeReport,
   runQuantization,
@@ -69,7 +70,7 @@ export async function claqMain(argv: string[]): Promise<QuantizeReport | undefin
   };
   const report = await runQuantization({
     ...commonRun(f, "claq"),
-    offloadActivations: !!f["offload-activations"],
+    offloadActivations: offloadFlag(f),
     method: "claq",
     wbits: target ?? bits,
     quantConfig: { bits, average_bits: target ?? bits, codebook: "per-column k-means" },

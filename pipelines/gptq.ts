@@ -13,6 +13,7 @@ import {
   commonRun,
   OFFLOAD_FLAGS,
   OFFLOAD_USAGE,
+  offloadFlag,
   printReport,
   type QuantizeReport,
   runQuantization,
@@ -59,7 +60,7 @@ export async function gptqMain(argv: string[]): Promise<QuantizeReport | undefin
   };
   const report = await runQuantization({
     ...commonRun(f, "gptq"),
-    offloadActivations: !!f["offload-activations"],
+    offloadActivations: offloadFlag(f),
     method: "gptq",
     wbits: bits,
     abits: 16,

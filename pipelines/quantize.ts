@@ -43,10 +43,12 @@ export interface QuantizeRun {
   /** Keep the full-precision teacher chain (needed by `capture()`). */
   teacher?: boolean;
   /**
-   * Keep the calibration activations in a file beside the output instead of in memory
-   * (`--offload-activations`; layer-wise methods only, whose stages read them in block passes).
+   * Where the calibration activations live: `true`, in a file inside the output's temporary
+   * directory, read a batch at a time (layer-wise methods only, whose stages read them in block
+   * passes); `false`, in memory; `"auto"` (default), in a file when they exceed
+   * {@linkcode OFFLOAD_AUTO_BYTES} and the run keeps no teacher chain.
    */
-  offloadActivations?: boolean;
+  offloadActivations?: boolean | "auto";
   /** Calibration data: text file, windows, window length (default min(256, max positions)), seed. */
   calib: { file: string; nsamples: number; seqlen?: number; seed: number };
   /** Evaluation texts and windows per text (default all). */
@@ -106,6 +108,8 @@ export interface QuantizeReport {
   out: string;
   /** The run's settings, as given. */
   settings: Record<string, unknown>;
+  /** Where the calibration activations lived: in memory, or offloaded to a file. */
+  activations: "memory" | "file";
   /** Calibration data actually used, with the windows' start positions. */
   calibration: { file: string; nsamples: number; seqlen: number; seed: number; starts: number[] };
   /** Seconds per stage and sub-step (`stage_gptq`, `hessian_seconds`, …), summed over blocks. */
@@ -187,7 +191,9 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       kvBits: r.kvBits,
       log: (m) => progress.log(m),
     };
-    if (r.offloadActivations && r.teacher) {
+    const chainBytes = calib.data.length * c.hidden * 4;
+    const offload = offloadDecision(r.offloadActivations ?? "auto", !!r.teacher, chainBytes);
+    if (offload && r.teacher) {
       throw new UsageError(
         `--offload-activations: ${r.method} trains on the activations and needs them in memory`,
       );
@@ -197,8 +203,14 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     await writer.add("model.embed_tokens.weight", table);
     const link = new ChainLink();
     const sink: SinkResult = { reports: [], storage: {}, extraTensors: {} };
-    const input = r.offloadActivations
-      ? embedToFile(table, calib.data, seqlen, `${writer.tmpDir}/activations.tmp`)
+    const chainPath = `${writer.tmpDir}/activations.tmp`;
+    if (offload) {
+      progress.log(
+        `calibration activations (${(chainBytes / 2 ** 20).toFixed(0)} MiB) in ${chainPath}`,
+      );
+    }
+    const input = offload
+      ? embedToFile(table, calib.data, seqlen, chainPath)
       : embed(table, calib.data, seqlen);
     try {
       await time("quantize", () =>
@@ -269,6 +281,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       model: r.model,
       out: r.out,
       settings: r.settings ?? {},
+      activations: offload ? "file" : "memory",
       calibration: { ...r.calib, seqlen, starts: calib.starts },
       timing,
       blocks: sink.reports,
@@ -304,15 +317,41 @@ function embedToFile(
   return file;
 }
 
-/** The flag of the layer-wise pipelines (RTN, GPTQ, CLAQ) that offloads the activations. */
+/** Calibration activations above this size go to a file by default (layer-wise methods). */
+export const OFFLOAD_AUTO_BYTES = 64 * 2 ** 20;
+
+/**
+ * Whether a run's activations go to a file: as asked, or with `"auto"` when they exceed
+ * {@linkcode OFFLOAD_AUTO_BYTES} and no teacher chain needs them in memory.
+ */
+export function offloadDecision(
+  mode: boolean | "auto",
+  teacher: boolean,
+  chainBytes: number,
+): boolean {
+  return mode === "auto" ? !teacher && chainBytes > OFFLOAD_AUTO_BYTES : mode;
+}
+
+/** The flags of the layer-wise pipelines (RTN, GPTQ, CLAQ) that place the activations. */
 export const OFFLOAD_FLAGS = {
   "offload-activations": { type: "boolean" },
+  "keep-activations": { type: "boolean" },
 } as const satisfies Options;
 
 /** Usage text of {@linkcode OFFLOAD_FLAGS}. */
 export const OFFLOAD_USAGE = `  --offload-activations
-                       keep the calibration activations in a file beside the output, read a
-                       batch at a time, instead of in memory (nsamples·seqlen·hidden·4 bytes)`;
+                       keep the calibration activations (nsamples·seqlen·hidden·4 bytes) in a
+                       file inside the output's temporary directory, read a batch at a time
+                       (default when they exceed 64 MiB)
+  --keep-activations   keep them in memory whatever their size`;
+
+/** Reads {@linkcode OFFLOAD_FLAGS}: true, false, or "auto" when neither is given. */
+export function offloadFlag(f: Record<string, unknown>): boolean | "auto" {
+  if (f["offload-activations"] && f["keep-activations"]) {
+    throw new UsageError("--offload-activations and --keep-activations exclude each other");
+  }
+  return f["offload-activations"] ? true : f["keep-activations"] ? false : "auto";
+}
 
 /** Flags every quantization pipeline accepts. */
 export const COMMON_FLAGS = {

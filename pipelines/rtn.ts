@@ -14,6 +14,7 @@ import {
   commonRun,
   OFFLOAD_FLAGS,
   OFFLOAD_USAGE,
+  offloadFlag,
   printReport,
   type QuantizeReport,
   runQuantization,
@@ -58,7 +59,7 @@ export async function rtnMain(argv: string[]): Promise<QuantizeReport | undefine
   };
   const report = await runQuantization({
     ...commonRun(f, "rtn"),
-    offloadActivations: !!f["offload-activations"],
+    offloadActivations: offloadFlag(f),
     method: "rtn",
     wbits: bits,
     abits,

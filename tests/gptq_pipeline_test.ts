@@ -10,7 +10,12 @@ import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import { propagate } from "../stages/propagate.ts";
 import { gptqStage } from "../stages/weight_quant.ts";
 import { gptqMain } from "../pipelines/gptq.ts";
-import { RunCache, runQuantization } from "../pipelines/quantize.ts";
+import {
+  OFFLOAD_AUTO_BYTES,
+  offloadDecision,
+  RunCache,
+  runQuantization,
+} from "../pipelines/quantize.ts";
 import { REFERENCE_MODELS, referenceRuns } from "./reference.ts";
 
 const BAND: Record<number, number> = { 4: 0.005, 3: 0.02, 2: 0.1 };
@@ -83,6 +88,8 @@ Deno.test("--offload-activations writes the same model as the in-memory chain", 
     ];
     const inMemory = await gptqMain(args(`${tmp}/mem`));
     const offloaded = await gptqMain([...args(`${tmp}/file`), "--offload-activations"]);
+    assert.equal(inMemory!.activations, "memory", "24 × 64 × 64 floats stay in memory by default");
+    assert.equal(offloaded!.activations, "file");
     assert.deepEqual(offloaded!.eval, inMemory!.eval);
     assert.deepEqual(
       await Deno.readFile(`${tmp}/file/model.safetensors`),
@@ -111,7 +118,22 @@ Deno.test("--offload-activations writes the same model as the in-memory chain", 
       /--offload-activations: omniquant trains on the activations/,
     );
     assert.throws(() => Deno.statSync(`${tmp}/teacher`), Deno.errors.NotFound);
+    await assert.rejects(
+      () => gptqMain([...args(`${tmp}/both`), "--offload-activations", "--keep-activations"]),
+      /--offload-activations and --keep-activations exclude each other/,
+    );
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
+});
+
+Deno.test("activations go to a file by default only when large and no teacher needs them", () => {
+  const big = OFFLOAD_AUTO_BYTES + 4, small = OFFLOAD_AUTO_BYTES;
+  assert.equal(offloadDecision("auto", false, big), true);
+  assert.equal(offloadDecision("auto", false, small), false);
+  assert.equal(offloadDecision("auto", true, big), false, "a teacher run trains on them");
+  assert.equal(offloadDecision(false, false, big), false);
+  assert.equal(offloadDecision(true, false, small), true);
+  // 128 windows × 256 tokens × hidden 1024 (the GPTQ benchmark's LLaMA): 128 MiB, offloaded.
+  assert.equal(offloadDecision("auto", false, 128 * 256 * 1024 * 4), true);
 });
