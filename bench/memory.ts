@@ -11,6 +11,7 @@
 import { ensureLlama, type LlamaSpec } from "../fixtures/generate.ts";
 import { PROJECT_ROOT } from "../fixtures/paths.ts";
 import type { QuantizeReport } from "../pipelines/quantize.ts";
+import { writeReadmeSection } from "./readme.ts";
 import type { BenchContext, BenchRecord, SummaryRow } from "./types.ts";
 
 /** The width shared by the three models. */
@@ -152,6 +153,25 @@ export async function dirBytes(dir: string): Promise<number> {
 
 const MiB = 2 ** 20;
 
+/** The README table of the three depths and the ratio the requirement bounds. */
+export function memoryMarkdown(points: MemoryPoint[]): string {
+  const rows = points.map((p) =>
+    `| ${p.layers} | ${Math.round(p.model_bytes / MiB)} | ${
+      Math.round(p.peak_rss_bytes / MiB)
+    } | ` +
+    `${p.seconds.toFixed(1)} |`
+  );
+  const ratio = points.at(-1)!.peak_rss_bytes / points[0].peak_rss_bytes;
+  return [
+    "| layers | model on disk, MiB | peak RSS, MiB | seconds |",
+    "|---:|---:|---:|---:|",
+    ...rows,
+    "",
+    `Peak RSS at ${points.at(-1)!.layers} layers is **${ratio.toFixed(2)}×** that at ` +
+    `${points[0].layers} (requirement ≤ ${MAX_RATIO}).`,
+  ].join("\n");
+}
+
 /** One depth's measurement. */
 export interface MemoryPoint {
   layers: number;
@@ -214,6 +234,7 @@ export async function benchMemory(ctx: BenchContext): Promise<BenchRecord> {
     value: Number(ratio.toFixed(3)),
     note: ratio <= MAX_RATIO ? `≤ ${MAX_RATIO}: bounded by one block` : `> ${MAX_RATIO}: FAILS`,
   });
+  await writeReadmeSection("memory", memoryMarkdown(points));
   return {
     width: MEMORY_WIDTH,
     calibration: { nsamples: 32, seqlen: 256 },
