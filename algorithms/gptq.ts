@@ -145,6 +145,7 @@ export async function gptq(
     H,
     cols,
     perm,
+    perm ? Float32Array.from(perm, (p) => diag[p]) : diag,
     opts.percdamp ?? 0.01,
     opts.dampRetries ?? 3,
   );
@@ -335,8 +336,8 @@ interface DampedInverse {
 
 /**
  * U = chol(H⁻¹, upper) of `Hp + damp·I`, where Hp is H with every zero diagonal entry (a dead
- * input) set to 1 and, under act-order, rows and columns in processing order `perm`; the
- * reference's `damp = percdamp·mean(diag Hp)`. A failed factorisation retries with 10×, 100×, …
+ * input) set to 1 and, under act-order, rows and columns in processing order `perm` (`diag` is
+ * diag(Hp)); the reference's `damp = percdamp·mean(diag Hp)`. A failed factorisation retries with 10×, 100×, …
  * the damping (on mean |diag|), then gives U = I, which turns the column loop into plain rounding
  * to nearest. H is not modified; each attempt rebuilds its damped copy from H into one `n×n`
  * buffer, which the factorisation consumes and which becomes U.
@@ -346,10 +347,10 @@ async function dampedInverseCholesky(
   H: Float32Array,
   n: number,
   perm: Int32Array | null,
+  diag: Float32Array,
   percdamp: number,
   retries: number,
 ): Promise<DampedInverse> {
-  const diag = deadFixedDiagonal(H, n, perm);
   let sum = 0, sumAbs = 0;
   for (let i = 0; i < n; i++) {
     sum += diag[i];
@@ -438,16 +439,11 @@ function groupIndex(
   return gIdx;
 }
 
-/** diag(H) in order `perm` (or H's own), with the zeros of dead inputs replaced by 1. */
-function deadFixedDiagonal(
-  H: Float32Array,
-  n: number,
-  perm: Int32Array | null = null,
-): Float32Array {
+/** diag(H), with the zeros of dead inputs replaced by 1. */
+function deadFixedDiagonal(H: Float32Array, n: number): Float32Array {
   const d = new Float32Array(n);
   for (let i = 0; i < n; i++) {
-    const p = perm ? perm[i] : i;
-    const v = H[p * n + p];
+    const v = H[i * n + i];
     d[i] = v === 0 ? 1 : v;
   }
   return d;

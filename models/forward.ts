@@ -249,7 +249,8 @@ async function forEachBatch(
   // the batch's size.
   const lean = long && !outputs.grams?.length;
   const B = Math.min(W, o.batch ?? (lean ? 1 : defaultBatch(c, T)));
-  const { cos, sin, mask } = positionTables(c, T);
+  const { cos, sin } = ropeTables(c, T);
+  const mask = causalMask(T);
   // The graph takes every tensor the block carries (reassembly maps, static scales, …).
   const standard = blockTensorShapes({ ...c, extraTensors: undefined });
   const extraTensors: Record<string, number[]> = {};
@@ -269,6 +270,7 @@ async function forEachBatch(
   // in place, or padded.
   let staging: Float32Array | null = null;
   const stage = () => staging ??= new Float32Array(B * T * d);
+  const valid = outputs.grams?.length ? new Float32Array(B * T) : null;
   for (let w0 = 0; w0 < W; w0 += B) {
     const b = Math.min(B, W - w0);
     let xb: Float32Array;
@@ -287,19 +289,13 @@ async function forEachBatch(
     }
     const feeds: Record<string, Tensor> = { x: { data: xb, shape: [B, T, d] }, cos, sin, mask };
     for (const [name, t] of Object.entries(weights)) feeds[name] = t;
-    if (outputs.grams?.length) {
-      const valid = new Float32Array(B * T);
-      valid.fill(1, 0, b * T);
+    if (valid) {
+      valid.fill(1, 0, b * T).fill(0, b * T);
       feeds.valid = { data: valid, shape: [B * T, 1] };
     }
     await each(await rt.run(graph, feeds), w0, b);
   }
   if (long) await rt.releaseGraph(graph);
-}
-
-/** RoPE tables and causal mask for windows of `seqlen` tokens. */
-function positionTables(c: ModelConfig, seqlen: number) {
-  return { ...ropeTables(c, seqlen), mask: causalMask(seqlen) };
 }
 
 /**

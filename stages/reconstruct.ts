@@ -273,13 +273,14 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
     const fixed: Record<string, Feed> = { cos, sin, mask: causalMask(seqlen) };
     for (const name of graphs.names) fixed[`w:${name}`] = base[name];
     const qIn = inMemory(job.qIn, m.name), fpOut = inMemory(job.fpOut!, m.name);
+    const fpIn = m.loss === "abq" ? inMemory(job.fpIn!, m.name) : null;
     const feedsFor = (first: number): Record<string, Feed> => {
       const f: Record<string, Feed> = {
         ...fixed,
         x: sampleSlice(qIn, first, batch),
         target: sampleSlice(fpOut, first, batch),
       };
-      if (m.loss === "abq") f.xfp = sampleSlice(inMemory(job.fpIn!, m.name), first, batch);
+      if (fpIn) f.xfp = sampleSlice(fpIn, first, batch);
       for (const q of params) f[`p:${q.name}`] = { data: q.data, shape: q.shape };
       return f;
     };
