@@ -3,10 +3,11 @@
  *
  * A model streams through a pipeline one decoder block at a time: a source reads a block's
  * weights, stages (Web Streams transforms of {@linkcode BlockJob}s) capture, quantize and
- * propagate, and a sink writes the block out. Heavy math runs as ONNX Runtime graphs.
+ * propagate, and a sink writes the block out. Heavy math runs as ONNX Runtime graphs. Each
+ * method (`methods/`) chooses the stages it puts in the stream; `runQuantization` runs them.
  *
  * ```ts
- * import { blockSink, blockSource, ChainLink, gptqStage, propagate, runQuantization } from "./mod.ts";
+ * import { gptqStage, propagate, runQuantization } from "./mod.ts";
  * const report = await runQuantization({
  *   method: "gptq", wbits: 4, abits: 16, groupSize: 128,
  *   model: "../shared/fixtures/models/tinystories-656k", out: "out/gptq-w4",
@@ -19,7 +20,7 @@
  * @module
  */
 
-// Tensors, graphs and runtimes.
+// Tensors, graphs and runtimes (kernels/).
 export { clone, Rng, sizeOf, type Tensor, tensor, transpose2d, zeros } from "./kernels/tensor.ts";
 export {
   type Attr,
@@ -36,6 +37,7 @@ export {
   type Device,
   DEVICES,
   type Feed,
+  type InferenceSession,
   Runtime,
   type SessionOptions,
 } from "./kernels/session.ts";
@@ -60,7 +62,7 @@ export {
 } from "./kernels/optim.ts";
 export { type KMeans1D, kmeans1d, type KMeans1DAssigned } from "./kernels/kmeans.ts";
 
-// Models: formats, configs, tokenizers, data, forward pass.
+// Formats: safetensors, Hugging Face directories, llama2.c, writers, ONNX (formats/).
 export {
   type Dtype,
   type RawData,
@@ -72,8 +74,28 @@ export {
   type TensorInfo,
   type WritableDtype,
   writeSafetensors,
-} from "./models/safetensors.ts";
-export { Checkpoint, CheckpointWriter, openCheckpoint } from "./models/checkpoint.ts";
+} from "./formats/safetensors.ts";
+export { Checkpoint, CheckpointWriter, openCheckpoint } from "./formats/checkpoint.ts";
+export { modelDir, openModel } from "./formats/open.ts";
+export { type ConfigExtras, ModelWriter } from "./formats/writer.ts";
+export { exportOnnx, type ExportOptions } from "./formats/onnx.ts";
+
+// Text: tokenizers, data files, chat templates, calibration windows (text/).
+export {
+  loadHfTokenizer,
+  loadLlama2cTokenizer,
+  loadTokenizer,
+  type TextTokenizer,
+} from "./text/tokenizer.ts";
+export { readDataset, type Windows, windows } from "./text/dataset.ts";
+export { type ChatMessage, renderChat } from "./text/chat.ts";
+export {
+  calibrationStarts,
+  type CalibrationWindows,
+  calibrationWindows,
+} from "./text/calibration.ts";
+
+// The architecture: config, the block graph, the forward pass (models/).
 export {
   blockTensorShapes,
   LINEAR_NAMES,
@@ -82,34 +104,30 @@ export {
   parseHfConfig,
   toHfConfig,
 } from "./models/config.ts";
-export { type BlockWeights, type ModelSource, openModel } from "./models/model.ts";
-export { type ConfigExtras, ModelWriter } from "./models/writer.ts";
+export { type BlockWeights, expectShape, type ModelSource } from "./models/source.ts";
 export {
-  loadHfTokenizer,
-  loadLlama2cTokenizer,
-  loadTokenizer,
-  type TextTokenizer,
-} from "./models/tokenizer.ts";
-export { type ChatMessage, readDataset, renderChat, type Windows, windows } from "./models/text.ts";
-export {
-  calibrationStarts,
-  type CalibrationWindows,
-  calibrationWindows,
-} from "./models/calibration.ts";
-export {
+  attention,
   type BlockGraphOptions,
   buildBlockGraph,
   buildHeadGraph,
-  type CAPTURE_POINTS,
+  CAPTURE_POINTS,
   type CapturePoint,
   fakeQuantPerToken,
   type HeadGraphOptions,
   rmsNorm,
   rope,
 } from "./models/block_graph.ts";
-export { type BlockRunOptions, embed, logits, runBlock, windowNll } from "./models/forward.ts";
+export { ActivationFile } from "./models/activation_file.ts";
+export {
+  type Activations,
+  type BlockRunOptions,
+  embed,
+  logits,
+  runBlock,
+  windowNll,
+} from "./models/forward.ts";
 
-// Algorithms on one weight matrix.
+// Algorithms on tensors (algorithms/).
 export {
   checkGroupSize,
   findParams,
@@ -141,10 +159,23 @@ export {
   OMNIQUANT_POINTS,
   smoothScale,
 } from "./algorithms/let.ts";
-
-// The block stream and its stages.
 export {
-  type Activations,
+  type ChannelMap,
+  channelMap,
+  choosePoint,
+  POINT_RULES,
+  type PointChoice,
+  type PointReport,
+  type PointRule,
+  type PointStats,
+  REASSEMBLY_POINTS,
+  type ReassemblyPlan,
+  type ReassemblyPoint,
+  type RopeInputs,
+} from "./algorithms/reassembly.ts";
+
+// The block stream: jobs, source and sink, the engines and the chain stages (stages/).
+export {
   type BlockJob,
   type LearnedState,
   type RunContext,
@@ -168,38 +199,48 @@ export {
   quantizeLinears,
 } from "./stages/quantize_linears.ts";
 export {
-  claqStage,
-  type ClaqStageOptions,
-  gptqStage,
-  type GptqStageOptions,
-  rtn,
-  type UniformOptions,
-} from "./stages/weight_quant.ts";
-export {
+  type BlockOutput,
   type ChannelStats,
   channelStats,
+  type LossInputs,
+  mseLoss,
   reconstruct,
+  type ReconstructionLoss,
   type ReconstructionMethod,
   type TrainOptions,
 } from "./stages/reconstruct.ts";
-export { FIRST_AND_LAST, omniquantMethod, type OmniQuantOptions } from "./stages/omniquant.ts";
-export { loraMethod, type LoraOptions } from "./stages/lora.ts";
-export {
-  reassemble,
-  type ReassembleOptions,
-  type REASSEMBLY_POINTS,
-  type ReassemblyPoint,
-} from "./stages/reassemble.ts";
+export { reassemble, type ReassembleOptions } from "./stages/reassemble.ts";
 export { staticActivations } from "./stages/static_activations.ts";
 
-// Pipelines.
-export { perplexity, type PerplexityOptions, type PerplexityResult } from "./pipelines/eval.ts";
-export { greedy, type GreedyOptions } from "./pipelines/generate.ts";
+// Methods: one file each, its flags, options and stages (methods/).
+export type { Method, MethodOptions, MethodRun } from "./methods/method.ts";
+export type { ActivationOptions } from "./methods/flags.ts";
+export { type Options } from "./cli/flags.ts";
+export { RTN, rtn, type RtnMethodOptions, type UniformOptions } from "./methods/rtn.ts";
+export { GPTQ, type GptqMethodOptions, gptqStage, type GptqStageOptions } from "./methods/gptq.ts";
 export {
-  type QuantizeReport,
-  type QuantizeRun,
-  RunCache,
-  runQuantization,
-} from "./pipelines/quantize.ts";
-export { type Progress } from "./pipelines/cli.ts";
-export { exportOnnx, type ExportOptions } from "./pipelines/export.ts";
+  CLAQ,
+  claqBaseBits,
+  type ClaqMethodOptions,
+  claqStage,
+  type ClaqStageOptions,
+} from "./methods/claq.ts";
+export {
+  FIRST_AND_LAST,
+  type LearnedOptions,
+  OMNIQUANT,
+  omniquantMethod,
+  type OmniQuantOptions,
+} from "./methods/omniquant.ts";
+export { ABQ, abqLoss, abqMethod, type AbqMethodOptions } from "./methods/abq.ts";
+export { loraMethod, type LoraOptions, QLLM, type QllmMethodOptions } from "./methods/qllm.ts";
+
+// Evaluation (eval/).
+export { perplexity, type PerplexityOptions, type PerplexityResult } from "./eval/perplexity.ts";
+export { greedy, type GreedyOptions } from "./eval/generate.ts";
+
+// Runs: a whole quantization run, its report, a method's command (run/, cli/).
+export { type QuantizeRun, RunCache, runQuantization } from "./run/quantize.ts";
+export { printReport, type QuantizeReport } from "./run/report.ts";
+export { methodMain, planFromFlags, type RunDefaults } from "./run/main.ts";
+export { Progress } from "./cli/progress.ts";

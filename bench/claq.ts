@@ -1,77 +1,53 @@
 /**
  * CLAQ at fractional bits beside the uniform baselines, on both fixtures, from one run (same
  * calibration: 128 × 256 windows of tinystories_train_sample.txt, seed 0; perplexity on the first
- * 256 windows of tinystories_val.txt, PROTOCOL.md §8): CLAQ with base 2 bits at 2.1 and 3.12
- * average bits (`--wbits 2 --target-bits 2.1 | 3.12`), each without and with the dynamic outlier
+ * 256 windows of tinystories_val.txt, PROTOCOL.md §8): CLAQ at 2.1 and 3.12 average bits
+ * (`--target-bits 2.1 | 3.12`, base 2 bits as the reference), each without and with the dynamic outlier
  * reservation (`--outlier-ratio dynamic`); GPTQ W2/W3 per channel and g32, both with act-order;
  * RTN W2/W3 per channel and g32. Bits per weight are measured: every stored index, scale, zero
  * point, g_idx, codebook and outlier counted. The table is also written as markdown (field
  * `markdown`) for the README.
  * @module
  */
-import { CLAQ_DYNAMIC_OUTLIERS } from "../algorithms/claq.ts";
-import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
+import { fixtureModel } from "../fixtures/paths.ts";
+import { openModel } from "../formats/open.ts";
+import { CLAQ } from "../methods/claq.ts";
+import { GPTQ } from "../methods/gptq.ts";
+import type { Method } from "../methods/method.ts";
+import { RTN } from "../methods/rtn.ts";
 import { type LinearName, linearShape, type ModelConfig } from "../models/config.ts";
-import { openModel } from "../models/model.ts";
+import { RunCache } from "../run/quantize.ts";
+import type { QuantizeReport } from "../run/report.ts";
 import { writeReadmeSection } from "./readme.ts";
-import type { QuantizeReport } from "../pipelines/quantize.ts";
-import { type QuantizeRun, RunCache, runQuantization } from "../pipelines/quantize.ts";
-import type { Stage } from "../stages/job.ts";
-import { propagate } from "../stages/propagate.ts";
-import { claqStage, gptqStage, rtn } from "../stages/weight_quant.ts";
+import { runRow, VAL } from "./rows.ts";
 import type { BenchContext, BenchRecord, SummaryRow } from "./types.ts";
 
 /** The fixtures measured. */
 export const CLAQ_MODELS = ["tinystories-656k", "stories260k"] as const;
 
-/** One configuration of the table. */
+/** One configuration of the table: a method and its command-line flags. */
 export interface ClaqConfig {
-  method: "rtn" | "gptq" | "claq";
   /** Row label, e.g. `claq 2.1 dyn`, `gptq w2 g32 ao`. */
   name: string;
-  /** Nominal bits for the report (CLAQ: the target average). */
-  wbits: number;
-  groupSize: number;
-  stages: () => Stage[];
+  method: Method;
+  flags: string[];
 }
 
 function uniform(method: "rtn" | "gptq", bits: number, groupSize: number): ClaqConfig {
   const g = groupSize ? `g${groupSize}` : "pc";
-  const o = { bits, groupSize, allowPartialGroup: true };
+  // stories260k's 172-wide down_proj takes a short last group of 32, as in the reference.
+  const flags = ["--wbits", String(bits), "--allow-partial-group"];
+  if (groupSize) flags.push("--group-size", String(groupSize));
   return method === "rtn"
-    ? {
-      method,
-      name: `rtn w${bits} ${g}`,
-      wbits: bits,
-      groupSize,
-      stages: () => [rtn(o), propagate()],
-    }
-    : {
-      method,
-      name: `gptq w${bits} ${g} ao`,
-      wbits: bits,
-      groupSize,
-      stages: () => [
-        gptqStage({ ...o, actOrder: true, staticGroups: false, trueSequential: false }),
-        propagate(),
-      ],
-    };
+    ? { name: `rtn w${bits} ${g}`, method: RTN, flags }
+    : { name: `gptq w${bits} ${g} ao`, method: GPTQ, flags: [...flags, "--act-order"] };
 }
 
 function claqConfig(target: number, dynamic: boolean): ClaqConfig {
-  const o = {
-    bits: 2,
-    targetBits: target,
-    outlierRatio: dynamic ? CLAQ_DYNAMIC_OUTLIERS : 0,
-    actOrder: false,
-    trueSequential: false,
-  };
   return {
-    method: "claq",
     name: `claq ${target}${dynamic ? " dyn" : ""}`,
-    wbits: target,
-    groupSize: 0,
-    stages: () => [claqStage(o), propagate()],
+    method: CLAQ,
+    flags: ["--target-bits", String(target), ...(dynamic ? ["--outlier-ratio", "dynamic"] : [])],
   };
 }
 
@@ -108,8 +84,6 @@ export interface ClaqPoint {
   loadavg_1m: number;
 }
 
-const VAL = "tinystories_val.txt";
-
 /** Weight-weighted mean of CLAQ's per-layer `average_bits` (index bits, codebooks aside). */
 export function indexBits(r: QuantizeReport, c: ModelConfig): number {
   let bits = 0, weights = 0;
@@ -131,26 +105,17 @@ async function runModel(ctx: BenchContext, model: string, tmp: string): Promise<
   opened.close();
   const points: ClaqPoint[] = [];
   for (const c of claqConfigs()) {
-    const out = `${tmp}/${model}-${c.name.replaceAll(" ", "_")}`;
-    const run: QuantizeRun = {
-      method: c.method,
-      wbits: c.wbits,
-      abits: 16,
-      groupSize: c.groupSize,
+    const r = await runRow({
       model: fixtureModel(model),
-      out,
-      calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 128, seed: 0 },
-      eval: { files: [fixtureText(VAL)], windows: 256 },
-      stages: () => c.stages(),
-      quiet: true,
+      method: c.method,
+      flags: c.flags,
+      out: `${tmp}/${model}-${c.name.replaceAll(" ", "_")}`,
       cache,
-    };
-    const r = await runQuantization(run);
-    await Deno.remove(out, { recursive: true }).catch(() => {});
+    });
     points.push({
       model,
       config: c.name,
-      method: c.method,
+      method: c.method.name,
       bits_per_weight: r.bits_per_weight,
       index_bits: indexBits(r, config),
       ppl: r.eval[VAL].quant,
@@ -199,7 +164,10 @@ export function claqMarkdown(points: ClaqPoint[]): string {
       "128 × 256 from tinystories_train_sample.txt, seed 0. Bits per weight count every stored " +
       "index, fp16 scale, zero point, g_idx (act-order with groups), fp16 codebook and outlier " +
       "(value and row); CLAQ's mean index bits in parentheses. `pc` per output channel, `g32` " +
-      "groups of 32 columns, `ao` act-order, `dyn` dynamic outlier reservation.",
+      "groups of 32 columns, `ao` act-order, `dyn` dynamic outlier reservation. Each row is " +
+      "the command `deno run -A pipelines/METHOD.ts FLAGS`:",
+    "",
+    ...claqConfigs().map((c) => `- ${c.name}: \`${c.method.name} ${c.flags.join(" ")}\``),
   );
   return lines.join("\n");
 }

@@ -5,10 +5,11 @@
  * @module
  */
 import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
-import { openModel } from "../models/model.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { modelDir, perplexity } from "../pipelines/eval.ts";
+import { openModel } from "../formats/open.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import { modelDir } from "../formats/open.ts";
+import { perplexity } from "../eval/perplexity.ts";
 import { timeOnce } from "./timing.ts";
 import type { BenchContext, BenchRecord, SummaryRow } from "./types.ts";
 

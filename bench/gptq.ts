@@ -21,44 +21,23 @@
  * @module
  */
 import { ensureLlama, type LlamaSpec } from "../fixtures/generate.ts";
-import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
+import { fixtureModel } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
 import { Rng } from "../kernels/tensor.ts";
 import { CAPTURE_POINTS } from "../models/block_graph.ts";
 import { captureBlock, runBlock } from "../models/forward.ts";
-import { openModel } from "../models/model.ts";
-import { RunCache, runQuantization } from "../pipelines/quantize.ts";
-import { propagate } from "../stages/propagate.ts";
-import { gptqStage } from "../stages/weight_quant.ts";
+import { openModel } from "../formats/open.ts";
+import { RunCache } from "../run/quantize.ts";
+import { REFERENCE_MODELS, referenceFlags, referenceRuns } from "../fixtures/reference.ts";
+import { GPTQ } from "../methods/gptq.ts";
+import { runRow } from "./rows.ts";
 import { runPipelineProcess } from "./memory.ts";
 import { timeAlternating } from "./timing.ts";
 import { writeReadmeSection } from "./readme.ts";
 import type { BenchContext, BenchRecord, SummaryRow } from "./types.ts";
 
 /** The fixtures of the reference run. */
-export const GPTQ_MODELS = ["tinystories-656k", "stories260k"] as const;
-
-/** A GPTQ row of the reference run. */
-export interface ReferenceGptqRun {
-  name: string;
-  wbits: number;
-  groupsize: number;
-  act_order: boolean;
-  static_groups: boolean;
-  true_sequential: boolean;
-  quant_s: number;
-  eval: { val: { ppl: number } };
-}
-
-/** The GPTQ rows of a fixture in the reference run. */
-export async function referenceGptqRuns(model: string): Promise<ReferenceGptqRun[]> {
-  const json = JSON.parse(
-    await Deno.readTextFile(`${SHARED_FIXTURES}/../reference/peer_results.json`),
-  );
-  const runs = json.models?.[model]?.runs as (ReferenceGptqRun & { method: string })[];
-  if (!runs) throw new Error(`peer_results.json: no models.${model}.runs`);
-  return runs.filter((r) => r.method === "gptq");
-}
+export const GPTQ_MODELS = REFERENCE_MODELS;
 
 /** One configuration of (a). */
 export interface GptqPoint {
@@ -100,46 +79,29 @@ export const GPTQ_LLAMA_TARGET = {
 async function fixtureRuns(ctx: BenchContext, model: string, tmp: string): Promise<GptqPoint[]> {
   const cache = new RunCache();
   const points: GptqPoint[] = [];
-  for (const ref of await referenceGptqRuns(model)) {
-    const groupSize = ref.groupsize > 0 ? ref.groupsize : 0;
-    const o = {
-      bits: ref.wbits,
-      groupSize,
-      actOrder: ref.act_order,
-      staticGroups: ref.static_groups,
-      trueSequential: ref.true_sequential,
-      allowPartialGroup: true,
-    };
-    const out = `${tmp}/${model}-${ref.name.replaceAll(" ", "_")}`;
-    const r = await runQuantization({
-      method: "gptq",
-      wbits: ref.wbits,
-      abits: 16,
-      groupSize,
+  for (const ref of referenceRuns(model).filter((r) => r.method === "gptq")) {
+    const r = await runRow({
       model: fixtureModel(model),
-      out,
-      calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 128, seed: 0 },
-      eval: { files: [fixtureText("tinystories_val.txt")], windows: 256 },
-      stages: () => [gptqStage(o), propagate()],
-      quiet: true,
+      method: GPTQ,
+      flags: referenceFlags(ref),
+      out: `${tmp}/${model}-${ref.name.replaceAll(" ", "_")}`,
       cache,
     });
-    await Deno.remove(out, { recursive: true }).catch(() => {});
     const total = r.seconds - (r.timing.eval_fp ?? 0) - (r.timing.eval_quant ?? 0);
     points.push({
       model,
       config: ref.name,
       quantize_s: r.timing.quantize,
       total_s: total,
-      ref_quant_s: ref.quant_s,
-      speedup_total: ref.quant_s / total,
+      ref_quant_s: ref.quant_s!,
+      speedup_total: ref.quant_s! / total,
       ppl: r.eval["tinystories_val.txt"].quant,
       ref_ppl: ref.eval.val.ppl,
       loadavg_1m: Deno.loadavg()[0],
     });
     ctx.log(
       `gptq: ${model} ${ref.name}: stream ${r.timing.quantize.toFixed(2)} s, total ` +
-        `${total.toFixed(2)} s, ref ${ref.quant_s.toFixed(2)} s`,
+        `${total.toFixed(2)} s, ref ${ref.quant_s!.toFixed(2)} s`,
     );
   }
   return points;

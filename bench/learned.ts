@@ -1,29 +1,32 @@
 /**
- * The learned methods against RTN (issue: OmniQuant / ABQ-LLM acceptance): W4A16, W3A16, W4A8,
- * W6A6 and W4A4 (weights per output channel, activations per token) for RTN, OmniQuant (LWC +
- * LET) and ABQ-LLM (LWC + LET + up→down + compensation + its loss), on tinystories-656k and its
- * outlier-injected variant (s = 50 on 2 % of channels), with PROTOCOL.md's calibration (128 × 256,
- * seed 0) and evaluation (first 256 validation windows). Writes the table into README.md.
- * Epochs per block: `BENCH_EPOCHS` (default 10; the papers' scripts use 20).
+ * The learned methods against RTN: W4A16, W3A16, W4A8, W6A6 and W4A4 (weights per output
+ * channel, activations per token) for RTN, OmniQuant (`--lwc --let`) and ABQ-LLM (`--lwc --let`,
+ * with its up→down pair, compensation and loss), on tinystories-656k and its outlier-injected
+ * variant (s = 50 on 2 % of channels), with PROTOCOL.md's calibration and evaluation. Each cell is
+ * the method's command with those flags. Writes the table into README.md.
+ * Epochs per block: `BENCH_EPOCHS` (default 5, the README table's; the papers' scripts use 20).
  * @module
  */
-import { ABQ_POINTS, OMNIQUANT_POINTS } from "../algorithms/let.ts";
-import { fixtureText } from "../fixtures/paths.ts";
-import { RunCache, runQuantization } from "../pipelines/quantize.ts";
-import { FIRST_AND_LAST, omniquantMethod } from "../stages/omniquant.ts";
-import { capture, propagate } from "../stages/propagate.ts";
-import { reconstruct } from "../stages/reconstruct.ts";
-import { rtn } from "../stages/weight_quant.ts";
+import { ABQ } from "../methods/abq.ts";
+import type { Method } from "../methods/method.ts";
+import { OMNIQUANT } from "../methods/omniquant.ts";
+import { RTN } from "../methods/rtn.ts";
+import { RunCache } from "../run/quantize.ts";
 import { fixtureAndOutliers } from "./models.ts";
 import { writeReadmeSection } from "./readme.ts";
+import { markdownTable, runRow, VAL } from "./rows.ts";
 import type { BenchContext, BenchRecord } from "./types.ts";
 
 const CONFIGS: [number, number][] = [[4, 16], [3, 16], [4, 8], [6, 6], [4, 4]];
-const METHODS = ["rtn", "omniquant", "abq"] as const;
+const METHODS: [string, Method, string[]][] = [
+  ["rtn", RTN, []],
+  ["omniquant", OMNIQUANT, ["--lwc", "--let"]],
+  ["abq", ABQ, ["--lwc", "--let"]],
+];
 
 /** Runs the table. */
 export async function benchLearned(ctx: BenchContext): Promise<BenchRecord> {
-  const epochs = Number(Deno.env.get("BENCH_EPOCHS") ?? 10);
+  const epochs = Number(Deno.env.get("BENCH_EPOCHS") ?? 5);
   const models = await fixtureAndOutliers();
   const tmp = await Deno.makeTempDir();
   const rows: Record<string, unknown>[] = [];
@@ -31,45 +34,20 @@ export async function benchLearned(ctx: BenchContext): Promise<BenchRecord> {
     for (const [label, path] of models) {
       const cache = new RunCache();
       for (const [wbits, abits] of CONFIGS) {
-        for (const method of METHODS) {
-          ctx.log(`${label}: ${method} w${wbits}a${abits}`);
-          const omni = {
-            wbits,
-            groupSize: 0,
-            lwc: true,
-            letPoints: method === "abq" ? ABQ_POINTS : OMNIQUANT_POINTS,
-            compensationBlocks: method === "abq" ? FIRST_AND_LAST : undefined,
-          };
-          const learned = method === "rtn" ? null : {
-            ...omniquantMethod(omni, method),
-            loss: method === "abq" ? "abq" as const : "mse" as const,
-          };
-          const r = await runQuantization({
-            method,
-            wbits,
-            abits,
-            groupSize: 0,
-            model: path,
-            out: `${tmp}/${method}`,
-            teacher: method !== "rtn",
-            calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 128, seed: 0 },
-            eval: { files: [fixtureText("tinystories_val.txt")], windows: 256 },
-            stages: () =>
-              learned
-                ? [capture(), reconstruct(learned, { epochs }), propagate()]
-                : [rtn({ bits: wbits, groupSize: 0 }), propagate()],
-            quiet: true,
-            cache,
-          });
-          const e = r.eval["tinystories_val.txt"];
-          const train = r.blocks.filter((b) => b.stage === method);
+        for (const [name, method, extra] of METHODS) {
+          ctx.log(`${label}: ${name} w${wbits}a${abits}`);
+          const flags = ["--wbits", String(wbits), "--abits", String(abits), ...extra];
+          if (method !== RTN) flags.push("--epochs", String(epochs));
+          const r = await runRow({ model: path, method, flags, out: `${tmp}/${name}`, cache });
+          const train = r.blocks.filter((b) => b.stage === name);
           rows.push({
             model: label,
-            method,
+            method: name,
             wbits,
             abits,
-            fp: e.fp,
-            ppl: e.quant,
+            flags,
+            fp: r.eval[VAL].fp,
+            ppl: r.eval[VAL].quant,
             seconds: r.seconds,
             train_seconds_per_block: train.map((b) => b.train_seconds),
             loss_first_last: train.map((b) => [b.first_loss, b.last_loss]),
@@ -96,29 +74,26 @@ export async function benchLearned(ctx: BenchContext): Promise<BenchRecord> {
 
 function table(rows: Record<string, unknown>[], epochs: number): string {
   const models = [...new Set(rows.map((r) => r.model as string))];
-  const head = ["config", ...models.flatMap((m) => METHODS.map((x) => `${m}: ${x}`))];
-  const lines = [
+  const fp = models.map((m) =>
+    `${m} ${(rows.find((r) => r.model === m)!.fp as number).toFixed(3)}`
+  );
+  const cell = (m: string, x: string, w: number, a: number) => {
+    const r = rows.find((r) => r.model === m && r.method === x && r.wbits === w && r.abits === a);
+    return r ? (r.ppl as number).toFixed(3) : "";
+  };
+  return [
     `Perplexity on tinystories_val.txt (first 256 windows of 256), weights per channel, ` +
     `activations per token; ${epochs} epochs per block, 128 × 256 calibration. ` +
-    `Full precision: ${
-      models.map((m) => `${m} ${(rows.find((r) => r.model === m)!.fp as number).toFixed(3)}`).join(
-        ", ",
-      )
-    }.`,
+    `Full precision: ${fp.join(", ")}. Each cell is ` +
+    `\`deno run -A pipelines/METHOD.ts --wbits W --abits A\`, plus ` +
+    `\`--lwc --let --epochs ${epochs}\` for omniquant and abq.`,
     "",
-    `| ${head.join(" | ")} |`,
-    `|${head.map(() => "---").join("|")}|`,
-  ];
-  for (const [w, a] of CONFIGS) {
-    const cells = models.flatMap((m) =>
-      METHODS.map((x) => {
-        const r = rows.find((r) =>
-          r.model === m && r.method === x && r.wbits === w && r.abits === a
-        );
-        return r ? (r.ppl as number).toFixed(3) : "";
-      })
-    );
-    lines.push(`| W${w}A${a} | ${cells.join(" | ")} |`);
-  }
-  return lines.join("\n");
+    markdownTable(
+      ["config", ...models.flatMap((m) => METHODS.map(([x]) => `${m}: ${x}`))],
+      CONFIGS.map(([w, a]) => [
+        `W${w}A${a}`,
+        ...models.flatMap((m) => METHODS.map(([x]) => cell(m, x, w, a))),
+      ]),
+    ),
+  ].join("\n");
 }

@@ -10,7 +10,7 @@
  */
 import { ensureLlama, type LlamaSpec } from "../fixtures/generate.ts";
 import { PROJECT_ROOT } from "../fixtures/paths.ts";
-import type { QuantizeReport } from "../pipelines/quantize.ts";
+import type { QuantizeReport } from "../run/report.ts";
 import { writeReadmeSection } from "./readme.ts";
 import type { BenchContext, BenchRecord, SummaryRow } from "./types.ts";
 

@@ -11,7 +11,8 @@ import { dirname } from "node:path";
 import * as ort from "onnxruntime-node";
 import { PROJECT_ROOT } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
-import { parseFlags, Progress, runMain, UsageError } from "../pipelines/cli.ts";
+import { parseFlags, runMain, UsageError } from "../cli/flags.ts";
+import { Progress } from "../cli/progress.ts";
 import { BENCHMARKS } from "./registry.ts";
 import type { Benchmark, BenchRecord, SummaryRow } from "./types.ts";
 

@@ -7,6 +7,9 @@ import * as ort from "onnxruntime-node";
 import { GarbageMeter, releaseMemory } from "./garbage.ts";
 import type { Tensor } from "./tensor.ts";
 
+/** An ONNX Runtime inference session (onnxruntime-node's). */
+export type InferenceSession = ort.InferenceSession;
+
 /** Where graphs run. */
 export type Device = "cpu" | "webgpu" | "cuda";
 
@@ -47,7 +50,7 @@ export class Runtime {
   }
 
   /** The cached session for a graph, created on first use. */
-  session(bytes: Uint8Array, o: SessionOptions = {}): Promise<ort.InferenceSession> {
+  session(bytes: Uint8Array, o: SessionOptions = {}): Promise<InferenceSession> {
     const arena = o.arena ?? true;
     const key = hashBytes(bytes) + (arena ? "" : ":no-arena");
     let s = this.#sessions.get(key);

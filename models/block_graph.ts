@@ -152,6 +152,44 @@ export function rope(g: Graph, x: Value, cos: Value, sin: Value, headDim: number
   ], -1);
 }
 
+/**
+ * Causal grouped-query attention with RoPE (rotate-half) on q and k, before o_proj: q [B·T, H·hd],
+ * k and v [B·T, KV·hd] → [B·T, H·hd], and the attention probabilities [B, KV, G, T, T]. With
+ * `kvBits` < 16, q and k (after RoPE) and v are fake-quantized per token and head.
+ */
+export function attention(
+  g: Graph,
+  c: ModelConfig,
+  o: { batch: number; seqlen: number; kvBits?: number },
+  q: Value,
+  k: Value,
+  v: Value,
+  r: { cos: Value; sin: Value; mask: Value },
+): { out: Value; probs: Value } {
+  const { batch: B, seqlen: T } = o;
+  const H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
+  const kvq = (x: Value) =>
+    (o.kvBits !== undefined && o.kvBits < 16) ? fakeQuantPerToken(g, x, o.kvBits) : x;
+  const heads = (x: Value, n: number) => g.reshape(x, [B, T, n, hd]);
+  const qh = heads(q, H), kh = heads(k, KV), vh = heads(v, KV);
+  const qr = g.reshape(
+    g.transpose(kvq(rope(g, qh, r.cos, r.sin, hd)), [0, 2, 1, 3]),
+    [B, KV, G, T, hd],
+  );
+  const kr = g.reshape(
+    g.transpose(kvq(rope(g, kh, r.cos, r.sin, hd)), [0, 2, 3, 1]),
+    [B, KV, 1, hd, T],
+  );
+  const vr = g.reshape(g.transpose(kvq(vh), [0, 2, 1, 3]), [B, KV, 1, T, hd]);
+  const scores = g.add(g.div(g.matmul(qr, kr), g.scalar(Math.sqrt(hd))), r.mask);
+  const probs = g.op("Softmax", [scores], { axis: -1 });
+  const out = g.reshape(
+    g.transpose(g.reshape(g.matmul(probs, vr), [B, H, T, hd]), [0, 2, 1, 3]),
+    [B * T, H * hd],
+  );
+  return { out, probs };
+}
+
 /** The values a block reads: `x` [B,T,d], `cos`/`sin` [T,1,hd/2], `mask` [T,T], weights by name. */
 export interface BlockInputs {
   x: Value;
@@ -203,7 +241,7 @@ export function addBlock(
   { x, cos, sin, mask, w }: BlockInputs,
 ): { y: Value; captured: Record<CapturePoint, Value>; probs: Value } {
   const { batch: B, seqlen: T } = o;
-  const N = B * T, d = c.hidden, H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
+  const N = B * T, d = c.hidden;
   const quantizing = o.abits !== undefined && o.abits < 16;
   const aq = (v: Value, point: CapturePoint) => {
     let r = w[reassemblyNames(point)[0]] ? reassembleChannels(g, v, w, point) : v;
@@ -213,8 +251,6 @@ export function addBlock(
     }
     return r;
   };
-  const kvq = (v: Value) =>
-    (o.kvBits !== undefined && o.kvBits < 16) ? fakeQuantPerToken(g, v, o.kvBits) : v;
   const linear = (v: Value, name: string) => {
     const bias = w[`${name}.bias`];
     return g.op("Gemm", bias ? [v, w[`${name}.weight`], bias] : [v, w[`${name}.weight`]], {
@@ -226,17 +262,14 @@ export function addBlock(
   const x2d = g.reshape(x, [N, d]);
   const hAttn = aq(rmsNorm(g, x2d, w["input_layernorm.weight"], c.rmsEps), "x_qkv");
   captured.x_qkv = hAttn;
-  const q = g.reshape(linear(hAttn, "self_attn.q_proj"), [B, T, H, hd]);
-  const k = g.reshape(linear(hAttn, "self_attn.k_proj"), [B, T, KV, hd]);
-  const v = g.reshape(linear(hAttn, "self_attn.v_proj"), [B, T, KV, hd]);
-  const qr = g.reshape(g.transpose(kvq(rope(g, q, cos, sin, hd)), [0, 2, 1, 3]), [B, KV, G, T, hd]);
-  const kr = g.reshape(g.transpose(kvq(rope(g, k, cos, sin, hd)), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
-  const vr = g.reshape(g.transpose(kvq(v), [0, 2, 1, 3]), [B, KV, 1, T, hd]);
-  const scores = g.add(g.div(g.matmul(qr, kr), g.scalar(Math.sqrt(hd))), mask);
-  const probs = g.op("Softmax", [scores], { axis: -1 });
-  const attn = g.reshape(
-    g.transpose(g.reshape(g.matmul(probs, vr), [B, H, T, hd]), [0, 2, 1, 3]),
-    [N, H * hd],
+  const { out: attn, probs } = attention(
+    g,
+    c,
+    { batch: B, seqlen: T, kvBits: o.kvBits },
+    linear(hAttn, "self_attn.q_proj"),
+    linear(hAttn, "self_attn.k_proj"),
+    linear(hAttn, "self_attn.v_proj"),
+    { cos, sin, mask },
   );
   const attnQ = aq(attn, "x_o");
   captured.x_o = attnQ;

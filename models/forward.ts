@@ -17,7 +17,7 @@ import {
   gramParts,
 } from "./block_graph.ts";
 import { blockTensorShapes, type ModelConfig } from "./config.ts";
-import type { BlockWeights } from "./model.ts";
+import type { BlockWeights } from "./source.ts";
 
 /** RoPE tables [T, 1, hd/2] in float32 as the reference computes them (θ^(2i/hd), pos·inv_freq). */
 export function ropeTables(c: ModelConfig, seqlen: number): { cos: Tensor; sin: Tensor } {
@@ -66,8 +66,11 @@ export function embed(
   return { data: out, shape: [ids.length / seqlen, seqlen, d] };
 }
 
-/** Block inputs `[windows, seqlen, hidden]`: in memory, or offloaded to a file. */
-export type BlockInput = Tensor | ActivationFile;
+/**
+ * Calibration activations entering or leaving a block, `[windows, seqlen, hidden]`: in memory,
+ * or offloaded to a file (read and written a batch at a time).
+ */
+export type Activations = Tensor | ActivationFile;
 
 /** How a block is run over a set of windows. */
 export interface BlockRunOptions {
@@ -152,16 +155,16 @@ export function runBlock(
   rt: Runtime,
   c: ModelConfig,
   weights: BlockWeights,
-  x: BlockInput,
+  x: Activations,
   o: BlockRunOptions & { inPlace: true },
-): Promise<BlockInput>;
+): Promise<Activations>;
 export async function runBlock(
   rt: Runtime,
   c: ModelConfig,
   weights: BlockWeights,
-  x: BlockInput,
+  x: Activations,
   o: BlockRunOptions = {},
-): Promise<BlockInput> {
+): Promise<Activations> {
   const [W, T, d] = x.shape;
   const file = x instanceof ActivationFile ? x : null;
   const out = file ? null : o.inPlace ? (x as Tensor).data : new Float32Array(W * T * d);
@@ -182,7 +185,7 @@ export async function captureBlock(
   rt: Runtime,
   c: ModelConfig,
   weights: BlockWeights,
-  x: BlockInput,
+  x: Activations,
   o: BlockCaptureOptions,
 ): Promise<void> {
   const T = x.shape[1];
@@ -238,7 +241,7 @@ async function forEachBatch(
   rt: Runtime,
   c: ModelConfig,
   weights: BlockWeights,
-  x: BlockInput,
+  x: Activations,
   o: { abits?: number; kvBits?: number; batch?: number; inPlace?: boolean; transient?: boolean },
   outputs: Pick<BlockGraphOptions, "capture" | "grams" | "output">,
   each: (r: Record<string, Tensor>, firstWindow: number, windows: number) => Promise<void>,

@@ -8,13 +8,13 @@
  * `deno run -A pipelines/custom_stage.ts [--model DIR] [--out DIR]`
  * @module
  */
-import { fixtureText } from "../fixtures/paths.ts";
+import { parseFlags, runMain } from "../cli/flags.ts";
+import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
+import { gptqStage } from "../methods/gptq.ts";
+import { runQuantization } from "../run/quantize.ts";
+import { printReport } from "../run/report.ts";
 import { inMemory, type Stage, stage } from "../stages/job.ts";
 import { propagate } from "../stages/propagate.ts";
-import { gptqStage } from "../stages/weight_quant.ts";
-import { parseFlags, runMain } from "./cli.ts";
-import { printReport, runQuantization } from "./quantize.ts";
-import { DEFAULT_MODEL } from "../fixtures/paths.ts";
 
 /** Per-channel max |x| of each block's (quantized-chain) input, and its worst channels. */
 export function inputOutliers(top = 5): Stage {
@@ -38,13 +38,19 @@ export function inputOutliers(top = 5): Stage {
   });
 }
 
+const USAGE = `usage: deno run -A pipelines/custom_stage.ts [--model DIR] [--out DIR]
+  GPTQ W4 (act-order, true-sequential) with an input-outlier stage of our own before it;
+  each block's worst input channels go into the report and onto stdout.
+  --model DIR          Hugging Face or llama2.c model (default: the tinystories-656k fixture)
+  --out DIR            output directory (default: out/custom-stage)`;
+
 async function main(argv: string[]) {
   const f = parseFlags(argv, {
     model: { type: "string" },
     out: { type: "string" },
     help: { type: "boolean" },
-  }, "usage: deno run -A pipelines/custom_stage.ts [--model DIR] [--out DIR]");
-  if (f.help) return;
+  }, USAGE);
+  if (f.help) return console.log(USAGE);
   const gptq = { bits: 4, groupSize: 0, actOrder: true, staticGroups: false, trueSequential: true };
   const report = await runQuantization({
     method: "gptq+input-outliers",

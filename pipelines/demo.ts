@@ -7,14 +7,14 @@
  */
 import { Runtime } from "../kernels/session.ts";
 import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
-import { openModel } from "../models/model.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
+import { openModel } from "../formats/open.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
 import { propagate } from "../stages/propagate.ts";
-import { gptqStage } from "../stages/weight_quant.ts";
-import { deviceFlag, parseFlags, runMain } from "./cli.ts";
-import { modelDir } from "./eval.ts";
-import { greedy } from "./generate.ts";
-import { runQuantization } from "./quantize.ts";
+import { gptqStage } from "../methods/gptq.ts";
+import { deviceFlag, parseFlags, runMain } from "../cli/flags.ts";
+import { modelDir } from "../formats/open.ts";
+import { greedy } from "../eval/generate.ts";
+import { runQuantization } from "../run/quantize.ts";
 
 const USAGE = "usage: deno task demo [--model DIR] [--out DIR] [--device cpu|webgpu|cuda]";
 

@@ -1,64 +1,15 @@
 /**
- * Greedy decoding, for smoke checks of a model (original or quantized): every step runs the
- * whole padded sequence through the block graphs (causal attention makes the padding inert),
- * so one compiled graph serves every step. `deno run -A pipelines/generate.ts [--model DIR]
- * [--prompt TEXT] [--tokens N] [--abits B] [--device cpu]`.
+ * Greedy decoding from a prompt, for smoke checks of a model (original or quantized).
+ * `deno run -A pipelines/generate.ts [--model DIR] [--prompt TEXT] [--tokens N] [--abits B]
+ * [--device cpu]`.
  * @module
  */
-import { Runtime } from "../kernels/session.ts";
-import type { Tensor } from "../kernels/tensor.ts";
+import { greedy } from "../eval/generate.ts";
 import { DEFAULT_MODEL } from "../fixtures/paths.ts";
-import { embed, logits, runBlock } from "../models/forward.ts";
-import { type BlockWeights, type ModelSource, openModel } from "../models/model.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { deviceFlag, intFlag, parseFlags, runMain } from "./cli.ts";
-import { modelDir } from "./eval.ts";
-
-/** Options of {@linkcode greedy}. */
-export interface GreedyOptions {
-  /** New tokens to produce (stops early at EOS). */
-  tokens: number;
-  /** Per-token activation fake quantization of every linear input (bits; none by default). */
-  /** Activation bits; default: what the model's config asks for (as in evaluation). */
-  abits?: number;
-}
-
-/** Greedy continuation of `prompt` (token ids, BOS included); returns prompt + new ids. */
-export async function greedy(
-  rt: Runtime,
-  model: ModelSource,
-  prompt: number[],
-  o: GreedyOptions,
-): Promise<number[]> {
-  const c = model.config;
-  const T = Math.min(c.maxSeq, prompt.length + o.tokens);
-  const blocks: BlockWeights[] = [];
-  for (let i = 0; i < c.layers; i++) blocks.push(await model.block(i));
-  const [table, norm, head] = [
-    await model.embedding(),
-    await model.finalNorm(),
-    await model.head(),
-  ];
-  const ids = [...prompt];
-  while (ids.length < T) {
-    const padded = Int32Array.from({ length: T }, (_, i) => ids[i] ?? 0);
-    let x: Tensor = embed(table, padded, T);
-    for (const w of blocks) {
-      x = await runBlock(rt, c, w, x, {
-        abits: o.abits ?? c.activationBits,
-        kvBits: c.kvBits,
-        batch: 1,
-      });
-    }
-    const lg = await logits(rt, c, norm, head, x);
-    const row = lg.data.subarray((ids.length - 1) * c.vocab, ids.length * c.vocab);
-    let best = 0;
-    for (let v = 1; v < c.vocab; v++) if (row[v] > row[best]) best = v;
-    ids.push(best);
-    if (best === c.eos) break;
-  }
-  return ids;
-}
+import { modelDir, openModel } from "../formats/open.ts";
+import { Runtime } from "../kernels/session.ts";
+import { deviceFlag, intFlag, parseFlags, runMain } from "../cli/flags.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
 
 const USAGE = `usage: deno run -A pipelines/generate.ts [--model DIR] [--prompt TEXT] [--tokens N]
        [--abits B] [--device cpu|webgpu|cuda]`;

@@ -9,8 +9,8 @@ import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { CapturePoint } from "../models/block_graph.ts";
 import type { LinearName } from "../models/config.ts";
-import { type BlockInput, captureBlock, type GramBlocks } from "../models/forward.ts";
-import type { BlockWeights } from "../models/model.ts";
+import { type Activations, captureBlock, type GramBlocks } from "../models/forward.ts";
+import type { BlockWeights } from "../models/source.ts";
 import type { RunContext } from "./job.ts";
 
 /** The captured input each linear layer reads. */
@@ -71,7 +71,7 @@ class GramSum {
 export async function captureHessians(
   ctx: RunContext,
   weights: BlockWeights,
-  x: BlockInput,
+  x: Activations,
   points: ReadonlySet<CapturePoint>,
   o: { batch?: number } = {},
 ): Promise<Map<CapturePoint, Float32Array>> {

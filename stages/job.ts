@@ -6,15 +6,11 @@
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { ActivationFile } from "../models/activation_file.ts";
+import type { Activations } from "../models/forward.ts";
 import type { ModelConfig } from "../models/config.ts";
-import type { BlockWeights } from "../models/model.ts";
+import type { BlockWeights } from "../models/source.ts";
 
-/**
- * Calibration activations entering or leaving a block: [nsamples, seqlen, hidden], in memory
- * or offloaded to a file (`--offload-activations`, block passes only). One per chain; a chain is
- * dropped as soon as the next block's inputs exist.
- */
-export type Activations = Tensor | ActivationFile;
+export type { Activations };
 
 /** The activations as an in-memory tensor; `who` names the stage that needs random access. */
 export function inMemory(x: Activations, who: string): Tensor {

@@ -6,8 +6,8 @@
  * @module
  */
 import { blockTensorShapes } from "../models/config.ts";
-import type { ModelSource } from "../models/model.ts";
-import type { ModelWriter } from "../models/writer.ts";
+import type { ModelSource } from "../models/source.ts";
+import type { ModelWriter } from "../formats/writer.ts";
 import type { Activations, BlockJob, RunContext, Stage, StageReport } from "./job.ts";
 
 /** Hands a finished block's outputs from the sink back to the source. */

@@ -12,9 +12,9 @@ import { Graph } from "../kernels/graph.ts";
 import { Runtime } from "../kernels/session.ts";
 import { Rng } from "../kernels/tensor.ts";
 import { LINEAR_NAMES, linearShape } from "../models/config.ts";
-import { openModel } from "../models/model.ts";
-import { SafetensorsReader } from "../models/safetensors.ts";
-import { UsageError } from "../pipelines/cli.ts";
+import { openModel } from "../formats/open.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
+import { UsageError } from "../cli/flags.ts";
 import { abqMain } from "../pipelines/abq.ts";
 
 const LOG2_5 = Math.log2(5);

@@ -14,9 +14,10 @@ import { Rng, type Tensor } from "../kernels/tensor.ts";
 import { CAPTURE_POINTS, type CapturePoint, fakeQuantPerToken } from "../models/block_graph.ts";
 import { blockTensorShapes, type ModelConfig } from "../models/config.ts";
 import { runBlock } from "../models/forward.ts";
-import { interleavedToHalf } from "../models/llama2c.ts";
-import { type BlockWeights, openModel } from "../models/model.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
+import { interleavedToHalf } from "../formats/llama2c.ts";
+import type { BlockWeights } from "../models/source.ts";
+import { openModel } from "../formats/open.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
 
 // ---------------------------------------------------------------------------------------------
 // float64 reference (PROTOCOL §1, §5); nothing here calls the graph code

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
-import { BpeTokenizer, translateOniguruma, UnsupportedTokenizerError } from "../models/bpe.ts";
-import { loadHfTokenizer } from "../models/tokenizer.ts";
+import { BpeTokenizer, translateOniguruma, UnsupportedTokenizerError } from "../text/bpe.ts";
+import { loadHfTokenizer } from "../text/tokenizer.ts";
 
 type Json = Record<string, unknown>;
 

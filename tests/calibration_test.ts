@@ -5,9 +5,9 @@
 import assert from "node:assert/strict";
 import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
 import { bitLength, MT19937, seedKey } from "../kernels/mt19937.ts";
-import { calibrationStarts, calibrationWindows } from "../models/calibration.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { readDataset } from "../models/text.ts";
+import { calibrationStarts, calibrationWindows } from "../text/calibration.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import { readDataset } from "../text/dataset.ts";
 
 const assertEquals = <T>(actual: T, expected: T, msg?: string): void =>
   assert.deepStrictEqual(actual, expected, msg);

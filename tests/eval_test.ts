@@ -8,11 +8,12 @@
 import assert from "node:assert/strict";
 import { fixtureModel, fixtureText, PROJECT_ROOT, SHARED_FIXTURES } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
-import { openModel } from "../models/model.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer, type TextTokenizer } from "../models/tokenizer.ts";
-import { modelDir, perplexity } from "../pipelines/eval.ts";
-import { greedy } from "../pipelines/generate.ts";
+import { openModel } from "../formats/open.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer, type TextTokenizer } from "../text/tokenizer.ts";
+import { modelDir } from "../formats/open.ts";
+import { perplexity } from "../eval/perplexity.ts";
+import { greedy } from "../eval/generate.ts";
 
 interface EvalRef {
   ppl: number;

@@ -9,10 +9,10 @@ import { fixtureText } from "../fixtures/paths.ts";
 import { generateLlama, type LlamaSpec } from "../fixtures/generate.ts";
 import { Runtime } from "../kernels/session.ts";
 import { blockTensorShapes } from "../models/config.ts";
-import { openModel } from "../models/model.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { perplexity } from "../pipelines/eval.ts";
+import { openModel } from "../formats/open.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import { perplexity } from "../eval/perplexity.ts";
 
 const SPEC: LlamaSpec = {
   hidden: 64,

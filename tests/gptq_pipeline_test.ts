@@ -7,16 +7,12 @@
  */
 import assert from "node:assert/strict";
 import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
-import { propagate } from "../stages/propagate.ts";
-import { gptqStage } from "../stages/weight_quant.ts";
+import { REFERENCE_MODELS, referenceFlags, referenceRuns } from "../fixtures/reference.ts";
+import { GPTQ } from "../methods/gptq.ts";
 import { gptqMain } from "../pipelines/gptq.ts";
-import {
-  OFFLOAD_AUTO_BYTES,
-  offloadDecision,
-  RunCache,
-  runQuantization,
-} from "../pipelines/quantize.ts";
-import { REFERENCE_MODELS, referenceRuns } from "./reference.ts";
+import { planFromFlags } from "../run/main.ts";
+import { propagate } from "../stages/propagate.ts";
+import { OFFLOAD_AUTO_BYTES, offloadDecision, RunCache, runQuantization } from "../run/quantize.ts";
 
 const BAND: Record<number, number> = { 4: 0.005, 3: 0.02, 2: 0.1 };
 
@@ -27,25 +23,13 @@ for (const name of REFERENCE_MODELS) {
     try {
       for (const ref of referenceRuns(name).filter((r) => r.method === "gptq")) {
         await t.step(ref.name, async () => {
-          const groupSize = ref.groupsize > 0 ? ref.groupsize : 0;
-          const o = {
-            bits: ref.wbits,
-            groupSize,
-            actOrder: ref.act_order,
-            staticGroups: ref.static_groups,
-            trueSequential: ref.true_sequential,
-            allowPartialGroup: true,
-          };
+          const out = `${tmp}/${ref.name.replaceAll(" ", "_")}`;
           const report = await runQuantization({
-            method: "gptq",
-            wbits: ref.wbits,
-            abits: 16,
-            groupSize,
+            ...planFromFlags(GPTQ, referenceFlags(ref), out),
             model: fixtureModel(name),
-            out: `${tmp}/${ref.name.replaceAll(" ", "_")}`,
+            out,
             calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 128, seed: 0 },
             eval: { files: [fixtureText("tinystories_val.txt")], windows: 256 },
-            stages: () => [gptqStage(o), propagate()],
             quiet: true,
             cache,
           });

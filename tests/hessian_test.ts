@@ -13,7 +13,8 @@ import { ActivationFile } from "../models/activation_file.ts";
 import { CAPTURE_POINTS, type CapturePoint, gramParts } from "../models/block_graph.ts";
 import type { ModelConfig } from "../models/config.ts";
 import { runBlock } from "../models/forward.ts";
-import { type BlockWeights, openModel } from "../models/model.ts";
+import type { BlockWeights } from "../models/source.ts";
+import { openModel } from "../formats/open.ts";
 import { captureHessians } from "../stages/hessian.ts";
 import type { RunContext } from "../stages/job.ts";
 

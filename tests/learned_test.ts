@@ -26,18 +26,20 @@ import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import type { Graph, Value } from "../kernels/graph.ts";
 import type { Param } from "../kernels/optim.ts";
 import type { ModelConfig } from "../models/config.ts";
-import { openModel } from "../models/model.ts";
-import { SafetensorsReader } from "../models/safetensors.ts";
-import { type QuantizeReport, RunCache, runQuantization } from "../pipelines/quantize.ts";
+import { openModel } from "../formats/open.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
+import { RunCache, runQuantization } from "../run/quantize.ts";
+import type { QuantizeReport } from "../run/report.ts";
 import type { StageReport } from "../stages/job.ts";
-import { FIRST_AND_LAST, omniquantMethod } from "../stages/omniquant.ts";
+import { FIRST_AND_LAST, omniquantMethod } from "../methods/omniquant.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import {
   reconstruct,
   type ReconstructionMethod,
   type TrainOptions,
 } from "../stages/reconstruct.ts";
-import { rtn } from "../stages/weight_quant.ts";
+import { rtn } from "../methods/rtn.ts";
+import { abqMethod } from "../methods/abq.ts";
 
 const SRC = fixtureModel("tinystories-656k");
 const VAL = "tinystories_val.txt";
@@ -57,14 +59,13 @@ function learnedMethod(method: Learned, wbits: number): ReconstructionMethod {
   if (method === "omniquant") {
     return omniquantMethod({ wbits, groupSize: 0, lwc: true, letPoints: OMNIQUANT_POINTS });
   }
-  const m = omniquantMethod({
+  return abqMethod({
     wbits,
     groupSize: 0,
     lwc: true,
     letPoints: ABQ_POINTS,
     compensationBlocks: FIRST_AND_LAST,
-  }, "abq");
-  return { ...m, loss: "abq" };
+  });
 }
 
 /** Checks the JSON report written to `<out>/report.json` has the shape every pipeline shares. */

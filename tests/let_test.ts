@@ -15,7 +15,7 @@ import { Rng, type Tensor } from "../kernels/tensor.ts";
 import { addBlock } from "../models/block_graph.ts";
 import { blockTensorShapes, type ModelConfig } from "../models/config.ts";
 import { causalMask, ropeTables, runBlock } from "../models/forward.ts";
-import type { BlockWeights } from "../models/model.ts";
+import type { BlockWeights } from "../models/source.ts";
 
 interface Shape {
   hidden: number;

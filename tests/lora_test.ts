@@ -12,14 +12,15 @@ import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import { addBlock } from "../models/block_graph.ts";
 import { LINEAR_NAMES, type ModelConfig } from "../models/config.ts";
 import { causalMask, embed, ropeTables, windowNll } from "../models/forward.ts";
-import { type BlockWeights, openModel } from "../models/model.ts";
-import { SafetensorsReader } from "../models/safetensors.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
+import type { BlockWeights } from "../models/source.ts";
+import { openModel } from "../formats/open.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
 import { qllmMain } from "../pipelines/qllm.ts";
-import type { QuantizeReport } from "../pipelines/quantize.ts";
+import type { QuantizeReport } from "../run/report.ts";
 import type { BlockJob } from "../stages/job.ts";
-import { LORA_NORMS, loraMethod, type LoraOptions, normParamName } from "../stages/lora.ts";
+import { LORA_NORMS, loraMethod, type LoraOptions, normParamName } from "../methods/qllm.ts";
 import type { ReconstructionMethod } from "../stages/reconstruct.ts";
 
 const MODEL = fixtureModel("tinystories-656k");
@@ -254,6 +255,6 @@ Deno.test("a bad --num-layer is refused, naming the flag", async () => {
   );
   await assert.rejects(
     () => qllmMain(["--num-layer", "2", "--resume", "/nonexistent", "--quiet"]),
-    (e: Error) => /--resume is not supported with --num-layer/.test(e.message),
+    (e: Error) => /--resume \/nonexistent: no such directory/.test(e.message),
   );
 });

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { Runtime } from "../kernels/session.ts";
 import { Rng } from "../kernels/tensor.ts";
-import { mergeScores } from "../stages/reassemble.ts";
+import { mergeScores } from "../algorithms/reassembly.ts";
 
 Deno.test("merge scores match float64 loops for both kinds", async () => {
   const rt = new Runtime();

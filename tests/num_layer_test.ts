@@ -1,8 +1,9 @@
 /**
  * QLLM with `--num-layer 2`: consecutive blocks are trained jointly in groups ([0,1], [2,3], [4]
  * on the 5-block stories260k), every group's loss falls, the folded blocks compute the trained
- * group (fold error < 1e-5), and the written model evaluates to a finite perplexity no worse
- * than RTN with the same calibration.
+ * group (fold error < 1e-5), the written model evaluates to a finite perplexity no worse than
+ * RTN with the same calibration, and a run resumed from the groups' checkpoints writes the same
+ * model without training.
  */
 import assert from "node:assert/strict";
 import { fixtureModel } from "../fixtures/paths.ts";
@@ -49,6 +50,25 @@ Deno.test("--num-layer 2 trains groups of two blocks jointly", async () => {
       r = plain.eval["tinystories_val.txt"].quant;
     assert.ok(Number.isFinite(q) && q < r, `grouped ${q} vs RTN ${r}`);
     assert.equal(grouped.settings.num_layer, 2);
+
+    // Resumed from the group's checkpoints: no training, the same model byte for byte.
+    const resumed = await qllmMain([
+      ...common,
+      "--num-layer",
+      "2",
+      "--epochs",
+      "3",
+      "--resume",
+      `${tmp}/g.ckpt`,
+      "--out",
+      `${tmp}/r`,
+    ]);
+    const trained = resumed!.blocks.filter((b) => b.stage === "lora" && b.loss_curve);
+    assert.deepEqual(trained.map((b) => [b.resumed, b.steps]), [[true, 0], [true, 0], [true, 0]]);
+    assert.deepEqual(
+      await Deno.readFile(`${tmp}/r/model.safetensors`),
+      await Deno.readFile(`${tmp}/g/model.safetensors`),
+    );
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }

@@ -9,12 +9,13 @@ import { injectOutliers } from "../fixtures/outliers.ts";
 import { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { CapturePoint } from "../models/block_graph.ts";
-import { calibrationWindows } from "../models/calibration.ts";
+import { calibrationWindows } from "../text/calibration.ts";
 import { embed, runBlock } from "../models/forward.ts";
-import { type ModelSource, openModel } from "../models/model.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { perplexity } from "../pipelines/eval.ts";
+import type { ModelSource } from "../models/source.ts";
+import { openModel } from "../formats/open.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import { perplexity } from "../eval/perplexity.ts";
 
 /** Per-channel max |x| of block `i`'s linear inputs, on the given embedded windows. */
 async function channelMax(rt: Runtime, m: ModelSource, x0: Tensor) {

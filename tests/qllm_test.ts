@@ -9,13 +9,13 @@ import assert from "node:assert/strict";
 import { injectOutliers } from "../fixtures/outliers.ts";
 import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import { linearDecay } from "../kernels/optim.ts";
-import { RunCache, runQuantization } from "../pipelines/quantize.ts";
+import { RunCache, runQuantization } from "../run/quantize.ts";
 import type { Stage } from "../stages/job.ts";
-import { loraMethod } from "../stages/lora.ts";
+import { loraMethod } from "../methods/qllm.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { reassemble } from "../stages/reassemble.ts";
 import { reconstruct } from "../stages/reconstruct.ts";
-import { rtn } from "../stages/weight_quant.ts";
+import { rtn } from "../methods/rtn.ts";
 
 Deno.test("QLLM beats RTN and each of its parts at W4A4 on the outlier-injected model", async () => {
   const tmp = await Deno.makeTempDir();

@@ -18,12 +18,13 @@ import { rtnWeight } from "../algorithms/quantizer.ts";
 import { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { buildBlockGraph, reassemblyNames } from "../models/block_graph.ts";
-import { calibrationWindows } from "../models/calibration.ts";
+import { calibrationWindows } from "../text/calibration.ts";
 import { blockTensorShapes, LINEAR_NAMES, type ModelConfig } from "../models/config.ts";
 import { causalMask, embed, ropeTables, runBlock } from "../models/forward.ts";
-import { type BlockWeights, openModel } from "../models/model.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
+import type { BlockWeights } from "../models/source.ts";
+import { openModel } from "../formats/open.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
 import type { BlockJob, RunContext, Stage, StageReport } from "../stages/job.ts";
 import {
   applyPlan,
@@ -31,14 +32,14 @@ import {
   foldPoint,
   mapActivations,
   mapColumns,
-  POINT_READERS,
+  POINT_RULES,
   pointGraph,
   type PointReport,
-  reassemble,
   REASSEMBLY_POINTS,
   type ReassemblyPlan,
   type ReassemblyPoint,
-} from "../stages/reassemble.ts";
+} from "../algorithms/reassembly.ts";
+import { reassemble } from "../stages/reassemble.ts";
 
 const SEQLEN = 256;
 const NSAMPLES = 16;
@@ -339,7 +340,7 @@ Deno.test("QLLM channel reassembly on the outlier-injected tinystories-656k", as
         });
         const f = async (p: ReassemblyPoint) => {
           const feeds: Record<string, Tensor> = { x: cap[p] };
-          for (const l of POINT_READERS[p]) feeds[`${l}.weight`] = b.fp[`${l}.weight`];
+          for (const l of POINT_RULES[p].readers) feeds[`${l}.weight`] = b.fp[`${l}.weight`];
           if (p === "x_qkv") {
             const { cos, sin } = ropeTables(c, SEQLEN);
             Object.assign(feeds, { cos, sin, mask: causalMask(SEQLEN) });

@@ -5,12 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
-import { propagate } from "../stages/propagate.ts";
-import { rtn } from "../stages/weight_quant.ts";
-import { RunCache, runQuantization } from "../pipelines/quantize.ts";
+import { REFERENCE_MODELS, referenceFlags, referenceRuns } from "../fixtures/reference.ts";
+import { openModel } from "../formats/open.ts";
+import { RTN } from "../methods/rtn.ts";
 import { LINEAR_NAMES, linearShape } from "../models/config.ts";
-import { openModel } from "../models/model.ts";
-import { REFERENCE_MODELS, referenceRuns } from "./reference.ts";
+import { planFromFlags } from "../run/main.ts";
+import { RunCache, runQuantization } from "../run/quantize.ts";
 
 const TOL = 3e-3;
 
@@ -22,17 +22,13 @@ for (const name of REFERENCE_MODELS) {
       for (const ref of referenceRuns(name).filter((r) => r.method === "rtn")) {
         await t.step(ref.name, async () => {
           const groupSize = ref.groupsize > 0 ? ref.groupsize : 0;
-          const o = { bits: ref.wbits, groupSize, allowPartialGroup: true };
+          const out = `${tmp}/${ref.name.replaceAll(" ", "_")}`;
           const report = await runQuantization({
-            method: "rtn",
-            wbits: ref.wbits,
-            abits: ref.abits,
-            groupSize,
+            ...planFromFlags(RTN, referenceFlags(ref), out),
             model: fixtureModel(name),
-            out: `${tmp}/${ref.name.replaceAll(" ", "_")}`,
+            out,
             calib: { file: fixtureText("tinystories_train_sample.txt"), nsamples: 16, seed: 0 },
             eval: { files: [fixtureText("tinystories_val.txt")], windows: 256 },
-            stages: () => [rtn(o), propagate()],
             quiet: true,
             cache,
           });

@@ -17,8 +17,13 @@ import {
   SafetensorsWriter,
   type TensorEntry,
   writeSafetensors,
-} from "../models/safetensors.ts";
-import { CheckpointWriter, INDEX_FILE, openCheckpoint, SINGLE_FILE } from "../models/checkpoint.ts";
+} from "../formats/safetensors.ts";
+import {
+  CheckpointWriter,
+  INDEX_FILE,
+  openCheckpoint,
+  SINGLE_FILE,
+} from "../formats/checkpoint.ts";
 
 // ---------------------------------------------------------------------------------------------
 // independent reference: float16 / bfloat16 by plain float64 arithmetic

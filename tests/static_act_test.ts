@@ -6,14 +6,14 @@
 import assert from "node:assert/strict";
 import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
-import { openModel } from "../models/model.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { perplexity } from "../pipelines/eval.ts";
-import { runQuantization } from "../pipelines/quantize.ts";
+import { openModel } from "../formats/open.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import { perplexity } from "../eval/perplexity.ts";
+import { runQuantization } from "../run/quantize.ts";
 import { propagate } from "../stages/propagate.ts";
 import { staticActivations, staticRange } from "../stages/static_activations.ts";
-import { rtn } from "../stages/weight_quant.ts";
+import { rtn } from "../methods/rtn.ts";
 
 Deno.test("static range: min/max widened to 0, 2^b − 1 steps", () => {
   const r = staticRange(-1.5, 3, 8);

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { fixtureModel } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
-import { openModel } from "../models/model.ts";
-import { ModelWriter } from "../models/writer.ts";
+import { openModel } from "../formats/open.ts";
+import { ModelWriter } from "../formats/writer.ts";
 import { type RunContext, stage } from "../stages/job.ts";
 import { blockSink, blockSource, ChainLink, runStream } from "../stages/stream.ts";
 

@@ -4,8 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
-import { loadHfTokenizer, loadTokenizer, type TextTokenizer } from "../models/tokenizer.ts";
-import { readDataset, renderChat, windowIds, windows } from "../models/text.ts";
+import { loadHfTokenizer, loadTokenizer, type TextTokenizer } from "../text/tokenizer.ts";
+import { renderChat } from "../text/chat.ts";
+import { readDataset, windowIds, windows } from "../text/dataset.ts";
 
 interface TokenRef {
   file: string;
@@ -186,7 +187,10 @@ Deno.test("loadTokenizer: llama2.c fallback and missing tokenizer", async () => 
   try {
     await assertRejects(() => loadTokenizer(dir), Error, dir);
     await Deno.writeFile(`${dir}/model.bin`, new Uint8Array(28));
-    const tok = await loadTokenizer(dir);
+    await assertRejects(() => loadTokenizer(dir), Error, "tok*.bin");
+    const tok = await loadTokenizer(dir, {
+      llama2cFallback: `${fixtureModel("stories260k")}/tok512.bin`,
+    });
     assertEquals(tok.vocabSize, 512);
     assertEquals(
       tok.encode("Hello world"),

@@ -12,7 +12,6 @@
 
 import { Tokenizer } from "@huggingface/tokenizers";
 import { BpeTokenizer, UnsupportedTokenizerError } from "./bpe.ts";
-import { fixtureModel } from "../fixtures/paths.ts";
 
 /** What the rest of the toolkit needs from a tokenizer. */
 export interface TextTokenizer {
@@ -399,9 +398,12 @@ export async function loadLlama2cTokenizer(path: string): Promise<TextTokenizer>
 /**
  * The tokenizer of a model directory (or of the directory holding a model file):
  * `tokenizer.json` → Hugging Face; else a `tok*.bin` in the directory → llama2.c; else, when the
- * directory holds a llama2.c model (`*.bin`), the shared stories260k `tok512.bin` (PROTOCOL §1).
+ * directory holds a llama2.c model (`*.bin`) and `o.llama2cFallback` names a `tok*.bin`, that one.
  */
-export async function loadTokenizer(modelDir: string): Promise<TextTokenizer> {
+export async function loadTokenizer(
+  modelDir: string,
+  o: { llama2cFallback?: string } = {},
+): Promise<TextTokenizer> {
   let dir = modelDir;
   try {
     if ((await Deno.stat(modelDir)).isFile) dir = modelDir.replace(/\/[^/]*$/, "") || ".";
@@ -419,11 +421,9 @@ export async function loadTokenizer(modelDir: string): Promise<TextTokenizer> {
   bins.sort();
   const tok = bins.find((b) => /^tok.*\.bin$/.test(b));
   if (tok !== undefined) return await loadLlama2cTokenizer(`${dir}/${tok}`);
-  if (bins.length > 0) {
-    return await loadLlama2cTokenizer(`${fixtureModel("stories260k")}/tok512.bin`);
-  }
+  if (bins.length > 0 && o.llama2cFallback) return await loadLlama2cTokenizer(o.llama2cFallback);
   throw new Error(
-    `loadTokenizer: no tokenizer in ${dir} (expected tokenizer.json, a llama2.c tok*.bin, ` +
-      `or a llama2.c model *.bin to use the shared tok512.bin)`,
+    `loadTokenizer: no tokenizer in ${dir} (expected tokenizer.json, or a llama2.c tok*.bin ` +
+      `beside the model)`,
   );
 }

@@ -1,47 +1,34 @@
 /**
  * Running a quantization pipeline end to end: calibration windows, evaluation before, the block
  * stream (source → the method's stages → sink), the output model, evaluation after, and the
- * JSON report every pipeline of the toolkit shares. Method files (`rtn.ts`, `gptq.ts`, …) only
- * choose their stages.
+ * JSON report every pipeline of the toolkit shares. Methods (`methods/`) only choose their
+ * stages.
  * @module
  */
-import { Runtime } from "../kernels/session.ts";
-import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
-import { calibrationWindows } from "../models/calibration.ts";
-import { checkSeqlen } from "../models/config.ts";
-import { ActivationFile } from "../models/activation_file.ts";
-import { embed } from "../models/forward.ts";
+import { UsageError } from "../cli/flags.ts";
+import { Progress } from "../cli/progress.ts";
+import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
+import { modelDir, openModel } from "../formats/open.ts";
+import { ModelWriter } from "../formats/writer.ts";
+import { type Device, Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { openModel } from "../models/model.ts";
-import { readDataset } from "../models/text.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { ModelWriter } from "../models/writer.ts";
-import type { RunContext, Stage, StageReport } from "../stages/job.ts";
+import type { MethodRun } from "../methods/method.ts";
+import { ActivationFile } from "../models/activation_file.ts";
+import { checkSeqlen } from "../models/config.ts";
+import { embed } from "../models/forward.ts";
+import type { RunContext } from "../stages/job.ts";
 import { blockSink, blockSource, ChainLink, runStream, type SinkResult } from "../stages/stream.ts";
-import { type Device } from "../kernels/session.ts";
-import { deviceFlag, intFlag, type Options, Progress, UsageError } from "./cli.ts";
-import { defaultSeqlen, modelDir, perplexity } from "./eval.ts";
+import { calibrationWindows } from "../text/calibration.ts";
+import { readDataset } from "../text/dataset.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import { peakRss, type QuantizeReport } from "./report.ts";
 
-/** Everything a pipeline run needs. */
-export interface QuantizeRun {
-  /** Method name for the report (`rtn`, `gptq`, …). */
-  method: string;
-  /** Weight bits. */
-  wbits: number;
-  /** Run-time activation bits (16 = none). */
-  abits: number;
-  /** Run-time q/k/v bits (absent or 16 = none). */
-  kvBits?: number;
-  /** Weight group size (0 = per channel). */
-  groupSize: number;
+/** Everything a pipeline run needs: what the method decided, and where and on what it runs. */
+export interface QuantizeRun extends MethodRun {
   /** Source model: a Hugging Face directory or a llama2.c checkpoint. */
   model: string;
   /** Output directory (fake-quantized model, learned state, report). */
   out: string;
-  /** The method's stages, given the run context. */
-  stages: (ctx: RunContext) => Stage[];
-  /** Keep the full-precision teacher chain (needed by `capture()`). */
-  teacher?: boolean;
   /**
    * Where the calibration activations live: `true`, in a file inside the output's temporary
    * directory, read a batch at a time (layer-wise methods only, whose stages read them in block
@@ -55,14 +42,10 @@ export interface QuantizeRun {
   eval: { files: string[]; windows?: number };
   /** Execution device (cpu). */
   device?: Device;
-  /** Settings echoed into the report. */
-  settings?: Record<string, unknown>;
   /** No progress lines on stderr. */
   quiet?: boolean;
   /** Reuses tokenized texts and full-precision perplexities across runs in one process. */
   cache?: RunCache;
-  /** Fields merged into the written `quantization_config` (e.g. `levels`, `average_bits`). */
-  quantConfig?: Record<string, unknown>;
 }
 
 /**
@@ -82,60 +65,6 @@ export class RunCache {
     map.set(key, v);
     return v;
   }
-}
-
-/** The run report (also written to `<out>/report.json`). */
-export interface QuantizeReport {
-  /** Method name (`rtn`, `gptq`, …). */
-  method: string;
-  /** Weight bits. */
-  wbits: number;
-  /** Run-time activation bits (16 = none). */
-  abits: number;
-  /** Weight group size (0 = per channel). */
-  group_size: number;
-  /** Stored bits per linear weight, metadata included (32 when nothing was stored). */
-  bits_per_weight: number;
-  /** Wall-clock time of the whole run. */
-  seconds: number;
-  /** Peak resident set size of the process, in bytes. */
-  peak_rss_bytes: number;
-  /** Perplexity per evaluation file, full-precision and quantized. */
-  eval: Record<string, { fp: number; quant: number }>;
-  /** Source model path. */
-  model: string;
-  /** Output directory. */
-  out: string;
-  /** The run's settings, as given. */
-  settings: Record<string, unknown>;
-  /** Where the calibration activations lived: in memory, or offloaded to a file. */
-  activations: "memory" | "file";
-  /** Calibration data actually used, with the windows' start positions. */
-  calibration: { file: string; nsamples: number; seqlen: number; seed: number; starts: number[] };
-  /** Seconds per stage and sub-step (`stage_gptq`, `hessian_seconds`, …), summed over blocks. */
-  timing: Record<string, number>;
-  /** Every stage report of every block, in order. */
-  blocks: StageReport[];
-}
-
-/** Peak resident set size of this process (Linux VmHWM), else the current RSS. */
-export function peakRss(): number {
-  try {
-    const m = Deno.readTextFileSync("/proc/self/status").match(/VmHWM:\s+(\d+) kB/);
-    if (m) return Number(m[1]) * 1024;
-  } catch { /* not Linux */ }
-  return Deno.memoryUsage().rss;
-}
-
-/** Resolves `--eval` names: `val`, `wikitext2`, `c4`, or a path. */
-export function evalFile(name: string): string {
-  const known: Record<string, string> = {
-    val: "tinystories_val.txt",
-    tinystories: "tinystories_val.txt",
-    wikitext2: "wikitext2_test.txt",
-    c4: "c4_train_sample.jsonl",
-  };
-  return known[name] ? fixtureText(known[name]) : name;
 }
 
 /** Runs a quantization pipeline and returns its report. */
@@ -330,97 +259,4 @@ export function offloadDecision(
   chainBytes: number,
 ): boolean {
   return mode === "auto" ? !teacher && chainBytes > OFFLOAD_AUTO_BYTES : mode;
-}
-
-/** The flags of the layer-wise pipelines (RTN, GPTQ, CLAQ) that place the activations. */
-export const OFFLOAD_FLAGS = {
-  "offload-activations": { type: "boolean" },
-  "keep-activations": { type: "boolean" },
-} as const satisfies Options;
-
-/** Usage text of {@linkcode OFFLOAD_FLAGS}. */
-export const OFFLOAD_USAGE = `  --offload-activations
-                       keep the calibration activations (nsamples·seqlen·hidden·4 bytes) in a
-                       file inside the output's temporary directory, read a batch at a time
-                       (default when they exceed 64 MiB)
-  --keep-activations   keep them in memory whatever their size`;
-
-/** Reads {@linkcode OFFLOAD_FLAGS}: true, false, or "auto" when neither is given. */
-export function offloadFlag(f: Record<string, unknown>): boolean | "auto" {
-  if (f["offload-activations"] && f["keep-activations"]) {
-    throw new UsageError("--offload-activations and --keep-activations exclude each other");
-  }
-  return f["offload-activations"] ? true : f["keep-activations"] ? false : "auto";
-}
-
-/** Flags every quantization pipeline accepts. */
-export const COMMON_FLAGS = {
-  model: { type: "string" },
-  out: { type: "string" },
-  calib: { type: "string" },
-  nsamples: { type: "string" },
-  seqlen: { type: "string" },
-  seed: { type: "string" },
-  eval: { type: "string" },
-  "eval-windows": { type: "string" },
-  device: { type: "string" },
-  json: { type: "boolean" },
-  quiet: { type: "boolean" },
-  help: { type: "boolean" },
-} as const satisfies Options;
-
-/** Usage text of the common flags. */
-export const COMMON_USAGE = `common flags:
-  --model DIR          Hugging Face or llama2.c model (default: the tinystories-656k fixture)
-  --out DIR            output directory (default: out/<method>)
-  --calib FILE         calibration text: .txt, .jsonl (text) or chat .jsonl (messages)
-                       (default: the fixture tinystories_train_sample.txt)
-  --nsamples N         calibration windows (128)      --seqlen N   window length (256)
-  --seed N             calibration seed (0)
-  --eval A,B           evaluation files or val | wikitext2 (default: val)
-  --eval-windows N     evaluate the first N windows only (PROTOCOL.md's tables use 256)
-  --device D           cpu | webgpu | cuda (default cpu)
-  --json               print the report as one JSON object on stdout
-  --quiet              no progress on stderr`;
-
-/** Reads the common flags into the shared part of a {@linkcode QuantizeRun}. */
-export function commonRun(
-  f: Record<string, unknown>,
-  method: string,
-): Pick<QuantizeRun, "model" | "out" | "calib" | "eval" | "device" | "quiet"> {
-  return {
-    model: (f.model as string | undefined) ?? DEFAULT_MODEL,
-    out: (f.out as string | undefined) ?? `out/${method}`,
-    calib: {
-      file: (f.calib as string | undefined) ?? fixtureText("tinystories_train_sample.txt"),
-      nsamples: intFlag(f.nsamples, "--nsamples", 128),
-      seqlen: f.seqlen === undefined ? undefined : intFlag(f.seqlen, "--seqlen", 256, 2),
-      seed: intFlag(f.seed, "--seed", 0, 0),
-    },
-    eval: {
-      files: ((f.eval as string | undefined) ?? "val").split(",").filter((s) => s).map(evalFile),
-      windows: f["eval-windows"] === undefined
-        ? undefined
-        : intFlag(f["eval-windows"], "--eval-windows"),
-    },
-    device: deviceFlag(f.device),
-    quiet: !!f.quiet,
-  };
-}
-
-/** Prints the report: the whole JSON object with `--json`, else a short summary. */
-export function printReport(report: QuantizeReport, json: boolean): void {
-  if (json) {
-    console.log(JSON.stringify(report));
-    return;
-  }
-  console.log(
-    `${report.method} w${+report.wbits.toFixed(2)}a${report.abits}` +
-      `${report.group_size ? ` g${report.group_size}` : ""}: ` +
-      `${report.bits_per_weight.toFixed(3)} bits/weight, ${report.seconds.toFixed(1)} s, ` +
-      `peak RSS ${(report.peak_rss_bytes / 2 ** 20).toFixed(0)} MiB → ${report.out}`,
-  );
-  for (const [name, e] of Object.entries(report.eval)) {
-    console.log(`  ${name}: perplexity ${e.fp.toFixed(4)} (fp) → ${e.quant.toFixed(4)}`);
-  }
 }

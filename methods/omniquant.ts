@@ -1,18 +1,43 @@
 /**
- * OmniQuant (Shao et al., 2024) and ABQ-LLM's weight side as a {@linkcode ReconstructionMethod}:
- * learnable weight clipping per channel or group (LWC), learnable equivalent transformations
- * (LET) initialised SmoothQuant-style, and ABQ-LLM's rank-1 distribution compensation on
- * `down_proj` and bit balance. The learned scales are folded into the norms and weights, so the
- * output is a plain LLaMA checkpoint.
+ * OmniQuant (Shao et al., 2024) as a {@linkcode ReconstructionMethod}: learnable weight clipping
+ * per channel or group (LWC) and learnable equivalent transformations (LET) initialised
+ * SmoothQuant-style, learned block by block against the full-precision block's outputs. The
+ * learned scales are folded into the norms and weights, so the output is a plain LLaMA
+ * checkpoint. ABQ-LLM (`abq.ts`) is this method with its own options and loss, so the weight side
+ * of both lives here: ABQ-LLM's rank-1 distribution compensation on `down_proj` and bit balance.
  * @module
  */
-import { applyLet, type LetPoint, letSize, smoothScale } from "../algorithms/let.ts";
+import {
+  applyLet,
+  type LetPoint,
+  letSize,
+  OMNIQUANT_POINTS,
+  smoothScale,
+} from "../algorithms/let.ts";
 import { levelBits, lwcQuant, type LwcSpec } from "../algorithms/lwc.ts";
+import { numFlag } from "../cli/flags.ts";
 import type { Graph, Value } from "../kernels/graph.ts";
 import type { Param } from "../kernels/optim.ts";
 import { LINEAR_NAMES, linearShape, type ModelConfig } from "../models/config.ts";
-import type { BlockJob } from "./job.ts";
-import type { ChannelStats, ReconstructionMethod } from "./reconstruct.ts";
+import type { BlockJob } from "../stages/job.ts";
+import {
+  type ChannelStats,
+  reconstruct,
+  type ReconstructionMethod,
+  type TrainOptions,
+} from "../stages/reconstruct.ts";
+import {
+  ACTIVATION_FLAGS,
+  ACTIVATION_USAGE,
+  activationFlags,
+  TRAIN_FLAGS,
+  trainFlags,
+  trainUsage,
+  WEIGHT_FLAGS,
+  WEIGHT_USAGE,
+  weightFlags,
+} from "./flags.ts";
+import type { Method, MethodOptions } from "./method.ts";
 
 /** OmniQuant / ABQ-LLM settings. */
 export interface OmniQuantOptions {
@@ -188,3 +213,74 @@ export function omniquantMethod(o: OmniQuantOptions, name = "omniquant"): Recons
     },
   };
 }
+
+/** The flags OmniQuant and ABQ-LLM share. */
+export const LEARNED_FLAGS = {
+  ...WEIGHT_FLAGS,
+  lwc: { type: "boolean" },
+  let: { type: "boolean" },
+  "lwc-lr": { type: "string" },
+  "let-lr": { type: "string" },
+  alpha: { type: "string" },
+  ...TRAIN_FLAGS,
+  ...ACTIVATION_FLAGS,
+} as const;
+
+/** Usage of {@linkcode LEARNED_FLAGS}. */
+export const LEARNED_USAGE = `${WEIGHT_USAGE}
+  --lwc                learn weight clipping        --lwc-lr X (1e-2)
+  --let                learn equivalent transforms  --let-lr X (5e-3)   --alpha X (0.5)
+${trainUsage(20)}
+${ACTIVATION_USAGE}`;
+
+/** The options OmniQuant and ABQ-LLM read from their flags. */
+export interface LearnedOptions extends MethodOptions {
+  /** The reconstruction method's settings. */
+  omni: OmniQuantOptions;
+  /** Training settings (the checkpoint directory is set from `--out`). */
+  train: TrainOptions;
+}
+
+/** Reads {@linkcode LEARNED_FLAGS}, with the LET pairs `--let` enables. */
+export function learnedOptions(
+  f: Record<string, unknown>,
+  points: readonly LetPoint[],
+): LearnedOptions {
+  const { wbits, groupSize } = weightFlags(f);
+  return {
+    omni: {
+      wbits,
+      groupSize,
+      lwc: !!f.lwc,
+      letPoints: f.let ? points : [],
+      alpha: numFlag(f.alpha, "--alpha", 0.5, 0, 1),
+      lwcLr: numFlag(f["lwc-lr"], "--lwc-lr", 1e-2, 0),
+      letLr: numFlag(f["let-lr"], "--let-lr", 5e-3, 0),
+    },
+    train: trainFlags(f, 20),
+    activations: activationFlags(f),
+  };
+}
+
+/** OmniQuant's command line. */
+export const OMNIQUANT: Method<LearnedOptions> = {
+  name: "omniquant",
+  synopsis: "[--wbits 4] [--abits 16] [--lwc] [--let] [--epochs 20]",
+  flags: LEARNED_FLAGS,
+  usage: LEARNED_USAGE,
+  layerwise: false,
+  options: (f) => learnedOptions(f, OMNIQUANT_POINTS),
+  plan: ({ omni, train, activations }, out) => {
+    const t = { ...train, checkpointDir: `${out}.ckpt` };
+    return {
+      method: "omniquant",
+      wbits: omni.wbits,
+      abits: activations.abits,
+      kvBits: activations.kvBits,
+      groupSize: omni.groupSize,
+      teacher: true,
+      settings: { ...omni, ...t },
+      stages: () => [reconstruct(omniquantMethod(omni), t)],
+    };
+  },
+};

@@ -1,8 +1,10 @@
 /**
- * QLLM's low-rank error compensation (Liu et al., 2024) as a {@linkcode ReconstructionMethod}:
- * per linear layer a LoRA pair (A [rank, in], B [out, rank], scaling α/rank) and, optionally,
- * the two RMSNorm weights and OmniQuant-style clipping logits, learned block by block against
- * the full-precision block's outputs.
+ * QLLM (Liu et al., 2024): adaptive channel reassembly of the linear inputs
+ * (`stages/reassemble.ts`), then low-rank error compensation as a
+ * {@linkcode ReconstructionMethod}: per linear layer a LoRA pair (A [rank, in], B [out, rank],
+ * scaling α/rank) and, optionally, the two RMSNorm weights and OmniQuant-style clipping logits,
+ * learned block by block (or `--num-layer` blocks at a time) against the full-precision
+ * outputs.
  *
  * The low-rank update is merged into the weight *before* quantization, Ŵ = Q(W + s·B·A), both
  * in training (straight-through gradients through Q) and in the fold, so the deployed block is
@@ -16,8 +18,28 @@ import type { Graph, Value } from "../kernels/graph.ts";
 import type { Param } from "../kernels/optim.ts";
 import { Rng } from "../kernels/tensor.ts";
 import { LINEAR_NAMES, type ModelConfig } from "../models/config.ts";
-import type { BlockJob } from "./job.ts";
-import type { ReconstructionMethod } from "./reconstruct.ts";
+import { intFlag, numFlag, UsageError } from "../cli/flags.ts";
+import { linearDecay } from "../kernels/optim.ts";
+import type { BlockJob } from "../stages/job.ts";
+import { reassemble } from "../stages/reassemble.ts";
+import {
+  reconstruct,
+  type ReconstructionMethod,
+  type TrainOptions,
+} from "../stages/reconstruct.ts";
+import {
+  ACTIVATION_FLAGS,
+  ACTIVATION_USAGE,
+  activationFlags,
+  TRAIN_FLAGS,
+  trainFlags,
+  trainUsage,
+  WEIGHT_FLAGS,
+  WEIGHT_USAGE,
+  weightFlags,
+} from "./flags.ts";
+import type { Method, MethodOptions } from "./method.ts";
+import { rtn } from "./rtn.ts";
 
 /** QLLM low-rank compensation settings. */
 export interface LoraOptions {
@@ -151,3 +173,118 @@ export function loraMethod(o: LoraOptions): ReconstructionMethod {
     },
   };
 }
+
+/** QLLM's options. */
+export interface QllmMethodOptions extends MethodOptions {
+  /** The low-rank compensation's settings. */
+  lora: LoraOptions;
+  /** Training settings (the checkpoint directory is set from `--out`). */
+  train: TrainOptions;
+  /** Extra channels of the reassembly, as a fraction of the width. */
+  channelRatio: number;
+  /** Reassemble the channels of the linear inputs. */
+  reassembly: boolean;
+  /** How merge pairs are scored. */
+  mergeScore: "reference" | "error";
+  /** Learn the low-rank compensation (else round-to-nearest weights). */
+  useLora: boolean;
+}
+
+function mergeScoreFlag(v: unknown): "reference" | "error" {
+  if (v === undefined || v === "reference" || v === "error") {
+    return (v ?? "reference") as "reference" | "error";
+  }
+  throw new UsageError(`--merge-score ${v}: expected reference or error`);
+}
+
+/** QLLM's command line. */
+export const QLLM: Method<QllmMethodOptions> = {
+  name: "qllm",
+  synopsis: "[--wbits 4] [--abits 16] [--epochs 10] [--lora-rank 4] [--num-layer 1]",
+  flags: {
+    ...WEIGHT_FLAGS,
+    ...ACTIVATION_FLAGS,
+    ...TRAIN_FLAGS,
+    lr: { type: "string" },
+    "lora-rank": { type: "string" },
+    "channel-ratio": { type: "string" },
+    "num-layer": { type: "string" },
+    lwc: { type: "boolean" },
+    "lwc-lr": { type: "string" },
+    "no-reassembly": { type: "boolean" },
+    "no-lora": { type: "boolean" },
+    "merge-score": { type: "string" },
+  },
+  usage: `${WEIGHT_USAGE}
+${trainUsage(10)}
+  --lr X               learning rate of the LoRA factors and norms (5e-4, linear decay to 0)
+  --lora-rank R        rank of the low-rank compensation (4)
+  --num-layer N        decoder blocks reconstructed jointly (1)
+  --lwc                also learn weight clipping        --lwc-lr X (1e-2)
+  --channel-ratio X    extra channels of the reassembly, as a fraction of the width (0.2)
+  --no-reassembly      skip the channel reassembly
+  --merge-score S      reference (QLLM's, default) or error (‖W_a − W_b‖²·‖x_a − x_b‖², the
+                       bound on what a merge changes)
+  --no-lora            no learned compensation: round-to-nearest weights
+${ACTIVATION_USAGE}`,
+  layerwise: false,
+  options(f) {
+    const { wbits, groupSize } = weightFlags(f);
+    return {
+      lora: {
+        wbits,
+        groupSize,
+        rank: intFlag(f["lora-rank"], "--lora-rank", 4),
+        lr: numFlag(f.lr, "--lr", 5e-4, 0),
+        lwc: !!f.lwc,
+        lwcLr: numFlag(f["lwc-lr"], "--lwc-lr", 1e-2, 0),
+      },
+      train: {
+        ...trainFlags(f, 10),
+        schedule: linearDecay(),
+        numLayer: intFlag(f["num-layer"], "--num-layer", 1),
+      },
+      channelRatio: numFlag(f["channel-ratio"], "--channel-ratio", 0.2, 0, 1),
+      reassembly: !f["no-reassembly"],
+      mergeScore: mergeScoreFlag(f["merge-score"]),
+      useLora: !f["no-lora"],
+      activations: activationFlags(f),
+    };
+  },
+  plan: (o, out) => {
+    const { wbits, groupSize } = o.lora;
+    const train = { ...o.train, checkpointDir: `${out}.ckpt` };
+    return {
+      method: "qllm",
+      wbits,
+      abits: o.activations.abits,
+      kvBits: o.activations.kvBits,
+      groupSize,
+      teacher: true,
+      settings: {
+        ...o.lora,
+        epochs: train.epochs,
+        batch: train.batch,
+        schedule: "linear decay to 0",
+        resume: train.resume,
+        channel_ratio: o.reassembly ? o.channelRatio : null,
+        reassembly: o.reassembly,
+        merge_score: o.reassembly ? o.mergeScore : null,
+        lora: o.useLora,
+        num_layer: train.numLayer,
+      },
+      stages: () => [
+        ...(o.reassembly
+          ? [reassemble({
+            channelRatio: o.channelRatio,
+            wbits,
+            abits: o.activations.abits,
+            groupSize,
+            mergeScore: o.mergeScore,
+          })]
+          : []),
+        o.useLora ? reconstruct(loraMethod(o.lora), train) : rtn({ bits: wbits, groupSize }),
+      ],
+    };
+  },
+};

@@ -9,8 +9,8 @@
  * @module
  */
 import type { Tensor } from "../kernels/tensor.ts";
-import type { ModelConfig } from "./config.ts";
-import type { BlockWeights, ModelSource } from "./model.ts";
+import type { ModelConfig } from "../models/config.ts";
+import type { BlockWeights, ModelSource } from "../models/source.ts";
 
 const HEADER_BYTES = 7 * 4;
 

@@ -1,7 +1,7 @@
 /**
- * Command-line plumbing shared by every pipeline: flag parsing with `node:util`'s parseArgs
+ * Command-line plumbing shared by every command: flag parsing with `node:util`'s parseArgs
  * (JSR's @std/cli cannot be installed here), flag validation with errors that name the flag,
- * progress on stderr, and the exit path for errors.
+ * and the exit path for errors.
  * @module
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
@@ -58,44 +58,6 @@ export function deviceFlag(v: unknown): Device {
     throw new UsageError(`--device ${v}: expected one of ${DEVICES.join(", ")}`);
   }
   return d;
-}
-
-/** The `--act-scheme` flag: dynamic per-token ranges (default) or static per-tensor ranges. */
-export function actSchemeFlag(v: unknown, abits: number): "token" | "static" {
-  const s = (v ?? "token") as string;
-  if (s !== "token" && s !== "static") {
-    throw new UsageError(`--act-scheme ${v}: expected token or static`);
-  }
-  if (s === "static" && abits >= 16) {
-    throw new UsageError("--act-scheme static needs --abits below 16");
-  }
-  return s;
-}
-
-/** Progress lines on stderr, with elapsed time. */
-export class Progress {
-  #t0 = performance.now();
-  #quiet: boolean;
-  /** Starts the clock; `quiet` suppresses every line. */
-  constructor(quiet = false) {
-    this.#quiet = quiet;
-  }
-  /** Seconds since this progress started. */
-  elapsed(): number {
-    return (performance.now() - this.#t0) / 1000;
-  }
-  /** Prints one progress line. */
-  log(msg: string): void {
-    if (this.#quiet) return;
-    const rss = (Deno.memoryUsage().rss / 2 ** 20).toFixed(0);
-    console.error(`[${this.elapsed().toFixed(1).padStart(6)} s ${rss.padStart(5)} MiB] ${msg}`);
-  }
-  /** Estimated seconds left after `done` of `total` equal steps. */
-  eta(done: number, total: number): string {
-    if (done === 0) return "";
-    const left = (this.elapsed() / done) * (total - done);
-    return `, ~${left.toFixed(0)} s left`;
-  }
 }
 
 /** Runs a CLI main, printing errors without stack traces for usage and input errors. */

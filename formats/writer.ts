@@ -6,8 +6,8 @@
  */
 import type { Tensor } from "../kernels/tensor.ts";
 import { CheckpointWriter } from "./checkpoint.ts";
-import { type ModelConfig, toHfConfig } from "./config.ts";
-import type { BlockWeights } from "./model.ts";
+import { type ModelConfig, toHfConfig } from "../models/config.ts";
+import type { BlockWeights } from "../models/source.ts";
 import { SafetensorsWriter } from "./safetensors.ts";
 
 const TOKENIZER_FILES = [
