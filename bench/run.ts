@@ -1,10 +1,11 @@
 /**
  * The benchmark runner (`deno task bench`):
- * `deno run -A bench/run.ts [--only NAME,…] [--out bench/results/latest.json] [--list]`.
- * Runs the registered benchmarks (`registry.ts`) in order, writes every record to a JSON file
- * (through a temporary file and a rename, so a crash never leaves half a file), and prints a short
- * table on stdout; progress goes to stderr. A benchmark that throws is recorded with its error
- * and the run goes on; the exit status is then 1.
+ * `deno run -A bench/run.ts [--only NAME,…] [--out FILE] [--list]`.
+ * Runs the registered benchmarks (`registry.ts`) in order, writes each one's record to its own
+ * results file, `bench/results/NAME.json` (or all of them to `--out FILE`), through a temporary
+ * file and a rename so a crash never leaves half a file, and prints a short table on stdout;
+ * progress goes to stderr. A benchmark that throws is recorded with its error and the run goes
+ * on; the exit status is then 1.
  * @module
  */
 import { dirname } from "node:path";
@@ -16,8 +17,10 @@ import { Progress } from "../cli/progress.ts";
 import { BENCHMARKS } from "./registry.ts";
 import type { Benchmark, BenchRecord, SummaryRow } from "./types.ts";
 
-/** The default results file. */
-export const DEFAULT_OUT = `${PROJECT_ROOT}/bench/results/latest.json`;
+/** A benchmark's own results file. */
+export function resultsFile(name: string): string {
+  return `${PROJECT_ROOT}/bench/results/${name}.json`;
+}
 
 /** One benchmark's entry in the results file. */
 export type BenchOutcome =
@@ -138,7 +141,6 @@ async function main(argv: string[]) {
     return;
   }
   const selected = selectBenchmarks(f.only as string | undefined);
-  const out = (f.out as string | undefined) ?? DEFAULT_OUT;
   const host = hostInfo();
   const rt = new Runtime("cpu");
   const progress = new Progress();
@@ -148,14 +150,23 @@ async function main(argv: string[]) {
   } finally {
     await rt.release();
   }
-  const results: BenchResults = {
+  const results = (b: Record<string, BenchOutcome>): BenchResults => ({
     created: new Date().toISOString(),
     host: { ...host, loadavg_after: Deno.loadavg() },
-    benchmarks,
-  };
-  await writeJsonAtomic(out, results);
+    benchmarks: b,
+  });
+  const written: string[] = [];
+  if (f.out !== undefined) {
+    await writeJsonAtomic(f.out as string, results(benchmarks));
+    written.push(f.out as string);
+  } else {
+    for (const [name, o] of Object.entries(benchmarks)) {
+      await writeJsonAtomic(resultsFile(name), results({ [name]: o }));
+      written.push(resultsFile(name));
+    }
+  }
   console.log(formatTable(benchmarks));
-  progress.log(`results written to ${out}`);
+  progress.log(`results written to ${written.join(", ")}`);
   if (Object.values(benchmarks).some((o) => !o.ok)) Deno.exit(1);
 }
 
