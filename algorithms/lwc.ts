@@ -8,6 +8,7 @@
  * @module
  */
 import type { Graph, Value } from "../kernels/graph.ts";
+import type { Param } from "../kernels/optim.ts";
 
 /** How a weight is quantized inside a training graph. */
 export interface LwcSpec {
@@ -32,6 +33,32 @@ export function levelBits(spec: LwcSpec): number {
 /** Number of clipping factors of a [rows, cols] weight: one per row and group. */
 export function lwcParamCount(rows: number, cols: number, spec: LwcSpec): number {
   return rows * (spec.groupSize ? cols / spec.groupSize : 1);
+}
+
+/**
+ * The clipping logits γ and β of linear `layer` ([rows·groups, 1] each), at OmniQuant's initial
+ * value 4 (σ(4) ≈ 0.982), named `{layer}.lwc_gamma` and `{layer}.lwc_beta`.
+ */
+export function lwcParams(
+  layer: string,
+  rows: number,
+  cols: number,
+  spec: LwcSpec,
+  lr: number,
+): Param[] {
+  const n = lwcParamCount(rows, cols, spec);
+  return ["lwc_gamma", "lwc_beta"].map((k) => ({
+    name: `${layer}.${k}`,
+    data: new Float32Array(n).fill(4),
+    shape: [n, 1],
+    lr,
+  }));
+}
+
+/** Bits a packed weight of `spec` stores: level bits per weight, an fp16 scale and a zero per group. */
+export function lwcStoredBits(spec: LwcSpec, rows: number, cols: number): number {
+  const groups = spec.groupSize ? cols / spec.groupSize : 1;
+  return rows * cols * levelBits(spec) + rows * groups * (16 + Math.ceil(levelBits(spec)));
 }
 
 /**

@@ -7,59 +7,39 @@
  * those flags. Writes the table into README.md. Epochs per block: `BENCH_EPOCHS` (default 5).
  * @module
  */
-import type { Method } from "../methods/method.ts";
 import { OMNIQUANT } from "../methods/omniquant.ts";
 import { QLLM } from "../methods/qllm.ts";
 import { RTN } from "../methods/rtn.ts";
-import { RunCache } from "../run/quantize.ts";
 import { fixtureAndOutliers } from "./models.ts";
 import { writeReadmeSection } from "./readme.ts";
-import { markdownTable, runRow, VAL } from "./rows.ts";
+import {
+  cell,
+  type GridRow,
+  markdownTable,
+  runGrid,
+  type Variant,
+  variantCommands,
+} from "./rows.ts";
 import type { BenchContext, BenchRecord } from "./types.ts";
 
 const CONFIGS: [number, number][] = [[4, 4], [4, 8], [6, 6]];
-/** Variant, method, its flags, and whether it trains (takes `--epochs`). */
-const VARIANTS: [string, Method, string[], boolean][] = [
-  ["rtn", RTN, [], false],
-  ["reassembly", QLLM, ["--no-lora"], false],
-  ["lora", QLLM, ["--no-reassembly"], true],
-  ["qllm", QLLM, [], true],
-  ["omniquant", OMNIQUANT, ["--lwc", "--let"], true],
+const VARIANTS: Variant[] = [
+  { name: "rtn", method: RTN, flags: [], trains: false },
+  { name: "reassembly", method: QLLM, flags: ["--no-lora"], trains: false },
+  { name: "lora", method: QLLM, flags: ["--no-reassembly"], trains: true },
+  { name: "qllm", method: QLLM, flags: [], trains: true },
+  { name: "omniquant", method: OMNIQUANT, flags: ["--lwc", "--let"], trains: true },
 ];
 
 /** Runs the ablation. */
 export async function benchQllm(ctx: BenchContext): Promise<BenchRecord> {
   const epochs = Number(Deno.env.get("BENCH_EPOCHS") ?? 5);
-  const models = await fixtureAndOutliers();
-  const tmp = await Deno.makeTempDir();
-  const rows: Record<string, unknown>[] = [];
-  try {
-    for (const [label, path] of models) {
-      const cache = new RunCache();
-      for (const [wbits, abits] of CONFIGS) {
-        for (const [v, method, extra, trains] of VARIANTS) {
-          ctx.log(`${label}: ${v} w${wbits}a${abits}`);
-          const flags = ["--wbits", String(wbits), "--abits", String(abits), ...extra];
-          if (trains) flags.push("--epochs", String(epochs));
-          const r = await runRow({ model: path, method, flags, out: `${tmp}/${v}`, cache });
-          rows.push({
-            model: label,
-            variant: v,
-            wbits,
-            abits,
-            flags,
-            fp: r.eval[VAL].fp,
-            ppl: r.eval[VAL].quant,
-            seconds: r.seconds,
-            reassembly: r.blocks.filter((b) => b.stage === "reassemble").map((b) => b.points),
-          });
-        }
-      }
-    }
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
-  const markdown = table(rows, epochs);
+  const grid = await runGrid(ctx.log, await fixtureAndOutliers(), CONFIGS, VARIANTS, epochs);
+  const rows = grid.map(({ report, ...r }) => ({
+    ...r,
+    reassembly: report.blocks.filter((b) => b.stage === "reassemble").map((b) => b.points),
+  }));
+  const markdown = table(grid, epochs);
   await writeReadmeSection("qllm", markdown);
   return {
     epochs,
@@ -67,31 +47,27 @@ export async function benchQllm(ctx: BenchContext): Promise<BenchRecord> {
     markdown,
     summary: rows.map((r) => ({
       label: `${r.model} ${r.variant} w${r.wbits}a${r.abits}`,
-      value: (r.ppl as number).toFixed(3),
+      value: r.ppl.toFixed(3),
       unit: "ppl",
     })),
   };
 }
 
-function table(rows: Record<string, unknown>[], epochs: number): string {
-  const models = [...new Set(rows.map((r) => r.model as string))];
-  const cell = (m: string, v: string, w: number, a: number) => {
-    const r = rows.find((r) => r.model === m && r.variant === v && r.wbits === w && r.abits === a);
-    return r ? (r.ppl as number).toFixed(3) : "";
-  };
+function table(rows: GridRow[], epochs: number): string {
+  const models = [...new Set(rows.map((r) => r.model))];
   return [
     `Perplexity on tinystories_val.txt (first 256 windows of 256); weights per channel, ` +
     `activations per token; ${epochs} epochs per block for the learned variants, 128 × 256 ` +
     `calibration, channel ratio 0.2, LoRA rank 4. Each cell is ` +
     `\`deno run -A pipelines/METHOD.ts --wbits W --abits A\` with: ` +
-    VARIANTS.map(([v, m, f, trains]) =>
-      `${v} \`${m.name}${f.length ? " " + f.join(" ") : ""}${trains ? ` --epochs ${epochs}` : ""}\``
-    ).join(", ") + ".",
+    `${variantCommands(VARIANTS, epochs)}.`,
     "",
     markdownTable(
-      ["model", "config", ...VARIANTS.map(([v]) => v)],
+      ["model", "config", ...VARIANTS.map((v) => v.name)],
       models.flatMap((m) =>
-        CONFIGS.map(([w, a]) => [m, `W${w}A${a}`, ...VARIANTS.map(([v]) => cell(m, v, w, a))])
+        CONFIGS.map((
+          [w, a],
+        ) => [m, `W${w}A${a}`, ...VARIANTS.map((v) => cell(rows, m, v.name, w, a))])
       ),
     ),
   ].join("\n");

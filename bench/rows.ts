@@ -8,7 +8,7 @@
 import { fixtureText } from "../fixtures/paths.ts";
 import type { Method, MethodOptions } from "../methods/method.ts";
 import { planFromFlags } from "../run/main.ts";
-import { type RunCache, runQuantization } from "../run/quantize.ts";
+import { RunCache, runQuantization } from "../run/quantize.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
 /** The evaluation text of the tables. */
@@ -56,4 +56,96 @@ export async function runRow<O extends MethodOptions>(r: Row<O>): Promise<Quanti
 export function markdownTable(head: string[], rows: string[][], right: boolean[] = []): string {
   const rule = head.map((_, i) => (right[i] ? "---:" : "---"));
   return [head, rule, ...rows].map((r) => `| ${r.join(" | ")} |`).join("\n");
+}
+
+/** A column of a method table: a method with its flags; `trains` adds `--epochs`. */
+export interface Variant {
+  name: string;
+  method: Method;
+  flags: string[];
+  trains: boolean;
+}
+
+/** One cell of a method table. */
+export interface GridRow {
+  model: string;
+  variant: string;
+  wbits: number;
+  abits: number;
+  flags: string[];
+  fp: number;
+  ppl: number;
+  seconds: number;
+  report: QuantizeReport;
+}
+
+/**
+ * Every variant at every `[wbits, abits]` on every `[label, path]` model, each row the method's
+ * command with `--wbits W --abits A`, the variant's flags and `--epochs E` where it trains.
+ */
+export async function runGrid(
+  log: (msg: string) => void,
+  models: [string, string][],
+  configs: [number, number][],
+  variants: Variant[],
+  epochs: number,
+): Promise<GridRow[]> {
+  const tmp = await Deno.makeTempDir();
+  const rows: GridRow[] = [];
+  try {
+    for (const [label, path] of models) {
+      const cache = new RunCache();
+      for (const [wbits, abits] of configs) {
+        for (const v of variants) {
+          log(`${label}: ${v.name} w${wbits}a${abits}`);
+          const flags = ["--wbits", String(wbits), "--abits", String(abits), ...v.flags];
+          if (v.trains) flags.push("--epochs", String(epochs));
+          const r = await runRow({
+            model: path,
+            method: v.method,
+            flags,
+            out: `${tmp}/row`,
+            cache,
+          });
+          rows.push({
+            model: label,
+            variant: v.name,
+            wbits,
+            abits,
+            flags,
+            fp: r.eval[VAL].fp,
+            ppl: r.eval[VAL].quant,
+            seconds: r.seconds,
+            report: r,
+          });
+        }
+      }
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+  return rows;
+}
+
+/** The perplexity of one cell, to 3 decimals ("" when absent). */
+export function cell(
+  rows: GridRow[],
+  model: string,
+  variant: string,
+  w: number,
+  a: number,
+): string {
+  const r = rows.find((r) =>
+    r.model === model && r.variant === variant && r.wbits === w && r.abits === a
+  );
+  return r ? r.ppl.toFixed(3) : "";
+}
+
+/** How a table's variants are run, for its caption. */
+export function variantCommands(variants: Variant[], epochs: number): string {
+  return variants.map((v) =>
+    `${v.name} \`${v.method.name}${v.flags.length ? " " + v.flags.join(" ") : ""}${
+      v.trains ? ` --epochs ${epochs}` : ""
+    }\``
+  ).join(", ");
 }

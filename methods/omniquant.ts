@@ -14,7 +14,7 @@ import {
   OMNIQUANT_POINTS,
   smoothScale,
 } from "../algorithms/let.ts";
-import { levelBits, lwcQuant, type LwcSpec } from "../algorithms/lwc.ts";
+import { lwcParams, lwcQuant, type LwcSpec, lwcStoredBits } from "../algorithms/lwc.ts";
 import { numFlag } from "../cli/flags.ts";
 import type { Graph, Value } from "../kernels/graph.ts";
 import type { Param } from "../kernels/optim.ts";
@@ -157,15 +157,7 @@ export function omniquantMethod(o: OmniQuantOptions, name = "omniquant"): Recons
       if (quantize && o.lwc) {
         for (const l of LINEAR_NAMES) {
           const [rows, cols] = linearShape(c, l);
-          const n = rows * (o.groupSize ? cols / o.groupSize : 1);
-          for (const k of ["lwc_gamma", "lwc_beta"]) {
-            params.push({
-              name: `${l}.${k}`,
-              data: new Float32Array(n).fill(4),
-              shape: [n, 1],
-              lr: o.lwcLr ?? 1e-2,
-            });
-          }
+          params.push(...lwcParams(l, rows, cols, spec, o.lwcLr ?? 1e-2));
         }
       }
       if (quantize && o.compensationBlocks?.(job.index, c.layers)) {
@@ -206,11 +198,8 @@ export function omniquantMethod(o: OmniQuantOptions, name = "omniquant"): Recons
       }
       return out;
     },
-    storedBits(_c, _tensor, rows, cols) {
-      if (!quantize) return rows * cols * 32;
-      const groups = o.groupSize ? cols / o.groupSize : 1;
-      return rows * cols * levelBits(spec) + rows * groups * (16 + Math.ceil(levelBits(spec)));
-    },
+    storedBits: (_c, _tensor, rows, cols) =>
+      quantize ? lwcStoredBits(spec, rows, cols) : rows * cols * 32,
   };
 }
 

@@ -13,7 +13,7 @@
  * model is not the one whose loss it minimised.)
  * @module
  */
-import { levelBits, lwcQuant, type LwcSpec } from "../algorithms/lwc.ts";
+import { lwcParams, lwcQuant, type LwcSpec, lwcStoredBits } from "../algorithms/lwc.ts";
 import type { Graph, Value } from "../kernels/graph.ts";
 import type { Param } from "../kernels/optim.ts";
 import { Rng } from "../kernels/tensor.ts";
@@ -121,17 +121,7 @@ export function loraMethod(o: LoraOptions): ReconstructionMethod {
           shape: [rows, rank],
           lr,
         });
-        if (quantize && o.lwc) {
-          const n = rows * (o.groupSize ? cols / o.groupSize : 1);
-          for (const k of ["lwc_gamma", "lwc_beta"]) {
-            params.push({
-              name: `${l}.${k}`,
-              data: new Float32Array(n).fill(4),
-              shape: [n, 1],
-              lr: o.lwcLr ?? 1e-2,
-            });
-          }
-        }
+        if (quantize && o.lwc) params.push(...lwcParams(l, rows, cols, spec, o.lwcLr ?? 1e-2));
       });
       if (trainNorms) {
         for (const norm of LORA_NORMS) {
@@ -166,11 +156,8 @@ export function loraMethod(o: LoraOptions): ReconstructionMethod {
       }
       return out;
     },
-    storedBits(_c, _tensor, rows, cols) {
-      if (!quantize) return rows * cols * 32;
-      const groups = o.groupSize ? cols / o.groupSize : 1;
-      return rows * cols * levelBits(spec) + rows * groups * (16 + Math.ceil(levelBits(spec)));
-    },
+    storedBits: (_c, _tensor, rows, cols) =>
+      quantize ? lwcStoredBits(spec, rows, cols) : rows * cols * 32,
   };
 }
 
