@@ -78,6 +78,13 @@ export {
 export { Checkpoint, CheckpointWriter, openCheckpoint } from "./formats/checkpoint.ts";
 export { modelDir, openModel } from "./formats/open.ts";
 export { type ConfigExtras, ModelWriter } from "./formats/writer.ts";
+export {
+  codeBits,
+  gridOf,
+  type GridWeight,
+  openQuantized,
+  type QuantizedModel,
+} from "./formats/quantized.ts";
 export { exportOnnx, type ExportOptions } from "./formats/onnx.ts";
 
 // Text: tokenizers, data files, chat templates, calibration windows (text/).
@@ -151,7 +158,14 @@ export {
   type ClaqResult,
   type OutlierReservation,
 } from "./algorithms/claq.ts";
-export { levelBits, lwcQuant, type LwcSpec, maxLevel } from "./algorithms/lwc.ts";
+export {
+  levelBits,
+  type LwcGrid,
+  lwcGrid,
+  lwcQuant,
+  type LwcSpec,
+  maxLevel,
+} from "./algorithms/lwc.ts";
 export {
   ABQ_POINTS,
   applyLet,
@@ -202,6 +216,7 @@ export {
   type BlockOutput,
   type ChannelStats,
   channelStats,
+  learnedOutput,
   type LossInputs,
   mseLoss,
   reconstruct,

@@ -61,11 +61,21 @@ export function lwcStoredBits(spec: LwcSpec, rows: number, cols: number): number
   return rows * cols * levelBits(spec) + rows * groups * (16 + Math.ceil(levelBits(spec)));
 }
 
+/** A weight fake-quantized by LWC, with the grid it lies on. */
+export interface LwcGrid {
+  /** Ŵ [rows, cols] = scale · (q − zero). */
+  weight: Value;
+  /** The scale of each row and group, [rows, groups]. */
+  scale: Value;
+  /** The (integer-valued) zero point of each row and group, [rows, groups]. */
+  zero: Value;
+}
+
 /**
  * Fake-quantizes `w` [rows, cols] with clipping logits `gamma`, `beta` [rows·groups, 1]
- * (OmniQuant initialises both to 4: σ(4) ≈ 0.982). Returns Ŵ [rows, cols].
+ * (OmniQuant initialises both to 4: σ(4) ≈ 0.982), returning Ŵ and its scales and zero points.
  */
-export function lwcQuant(
+export function lwcGrid(
   g: Graph,
   w: Value,
   gamma: Value | null,
@@ -73,7 +83,7 @@ export function lwcQuant(
   rows: number,
   cols: number,
   spec: LwcSpec,
-): Value {
+): LwcGrid {
   const gs = spec.groupSize || cols;
   if (cols % gs !== 0) {
     throw new Error(`--group-size ${spec.groupSize} does not divide the input width ${cols}`);
@@ -97,5 +107,23 @@ export function lwcQuant(
     g.scalar(0),
     g.scalar(maxq),
   ]);
-  return g.reshape(g.mul(g.sub(q, zero), scale), [rows, cols]);
+  const groups = cols / gs;
+  return {
+    weight: g.reshape(g.mul(g.sub(q, zero), scale), [rows, cols]),
+    scale: g.reshape(scale, [rows, groups]),
+    zero: g.reshape(zero, [rows, groups]),
+  };
+}
+
+/** {@linkcode lwcGrid}'s fake-quantized weight alone. */
+export function lwcQuant(
+  g: Graph,
+  w: Value,
+  gamma: Value | null,
+  beta: Value | null,
+  rows: number,
+  cols: number,
+  spec: LwcSpec,
+): Value {
+  return lwcGrid(g, w, gamma, beta, rows, cols, spec).weight;
 }

@@ -14,7 +14,7 @@ import {
   OMNIQUANT_POINTS,
   smoothScale,
 } from "../algorithms/let.ts";
-import { lwcParams, lwcQuant, type LwcSpec, lwcStoredBits } from "../algorithms/lwc.ts";
+import { lwcGrid, lwcParams, type LwcSpec, lwcStoredBits } from "../algorithms/lwc.ts";
 import { numFlag } from "../cli/flags.ts";
 import type { Graph, Value } from "../kernels/graph.ts";
 import type { Param } from "../kernels/optim.ts";
@@ -22,6 +22,7 @@ import { LINEAR_NAMES, linearShape, type ModelConfig } from "../models/config.ts
 import type { BlockJob } from "../stages/job.ts";
 import {
   type ChannelStats,
+  learnedOutput,
   reconstruct,
   type ReconstructionMethod,
   type TrainOptions,
@@ -186,7 +187,7 @@ export function omniquantMethod(o: OmniQuantOptions, name = "omniquant"): Recons
         const [rows, cols] = linearShape(c, l);
         let wl = out[`${l}.weight`];
         if (p[`${l}.comp_a`]) wl = g.add(wl, g.matmul(p[`${l}.comp_a`], p[`${l}.comp_b`]));
-        out[`${l}.weight`] = lwcQuant(
+        const q = lwcGrid(
           g,
           wl,
           p[`${l}.lwc_gamma`] ?? null,
@@ -195,6 +196,9 @@ export function omniquantMethod(o: OmniQuantOptions, name = "omniquant"): Recons
           cols,
           spec,
         );
+        out[`${l}.weight`] = q.weight;
+        out[learnedOutput(`${l}.scales`)] = q.scale;
+        out[learnedOutput(`${l}.zeros`)] = q.zero;
       }
       return out;
     },

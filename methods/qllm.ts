@@ -13,7 +13,7 @@
  * model is not the one whose loss it minimised.)
  * @module
  */
-import { lwcParams, lwcQuant, type LwcSpec, lwcStoredBits } from "../algorithms/lwc.ts";
+import { lwcGrid, lwcParams, type LwcSpec, lwcStoredBits } from "../algorithms/lwc.ts";
 import type { Graph, Value } from "../kernels/graph.ts";
 import type { Param } from "../kernels/optim.ts";
 import { Rng } from "../kernels/tensor.ts";
@@ -23,6 +23,7 @@ import { linearDecay } from "../kernels/optim.ts";
 import type { BlockJob } from "../stages/job.ts";
 import { reassemble } from "../stages/reassemble.ts";
 import {
+  learnedOutput,
   reconstruct,
   type ReconstructionMethod,
   type TrainOptions,
@@ -142,17 +143,22 @@ export function loraMethod(o: LoraOptions): ReconstructionMethod {
         const [rows, cols] = g.shapeOf(w[name]) as number[];
         const delta = g.mul(g.matmul(p[`${l}.lora_B`], p[`${l}.lora_A`]), g.scalar(scaling));
         const merged = g.add(w[name], delta);
-        out[name] = quantize
-          ? lwcQuant(
-            g,
-            merged,
-            p[`${l}.lwc_gamma`] ?? null,
-            p[`${l}.lwc_beta`] ?? null,
-            rows,
-            cols,
-            spec,
-          )
-          : merged;
+        if (!quantize) {
+          out[name] = merged;
+          continue;
+        }
+        const q = lwcGrid(
+          g,
+          merged,
+          p[`${l}.lwc_gamma`] ?? null,
+          p[`${l}.lwc_beta`] ?? null,
+          rows,
+          cols,
+          spec,
+        );
+        out[name] = q.weight;
+        out[learnedOutput(`${l}.scales`)] = q.scale;
+        out[learnedOutput(`${l}.zeros`)] = q.zero;
       }
       return out;
     },

@@ -75,7 +75,8 @@ export interface ReconstructionMethod {
   /**
    * The block tensors the student runs with (every name of the block: weights already
    * fake-quantized, transformed norms, …), as graph values computed from the block's tensors `w`
-   * and the parameters `p` (both keyed by name).
+   * and the parameters `p` (both keyed by name). Entries named by {@linkcode learnedOutput} are
+   * not block tensors but learned state the fold saves (a quantized weight's scales and zeros).
    */
   student(
     g: Graph,
@@ -107,6 +108,16 @@ export interface TrainOptions {
   checkpointDir?: string;
   /** A previous run's checkpoint directory. */
   resume?: string;
+}
+
+const LEARNED_PREFIX = "learned:";
+
+/**
+ * The key under which a method's `student` returns learned state the fold saves to
+ * `learned.safetensors` as `{name}` (e.g. `self_attn.q_proj.scales`), beside the block tensors.
+ */
+export function learnedOutput(name: string): string {
+  return LEARNED_PREFIX + name;
 }
 
 /** Mean squared difference of two [B, T, d] values, as a scalar. */
@@ -237,6 +248,7 @@ function buildGraphs(
     const f = new Graph();
     const sw = studentOf(f, k, tensorsOf(f, k));
     for (const n of Object.keys(mem.job.weights)) f.output(sw[n], names.folded(n));
+    for (const n of Object.keys(sw)) if (n.startsWith(LEARNED_PREFIX)) f.output(sw[n], n);
     return f.toBytes();
   });
   return { train: g.toBytes(), readsFpInput, folds };
@@ -388,6 +400,11 @@ async function trainGroup(
       }
     }
     for (const p of params) job.learned[p.name] = { data: p.data.slice(), shape: p.shape };
+    for (const [n, t] of Object.entries(folded)) {
+      if (n.startsWith(LEARNED_PREFIX)) {
+        job.learned[n.slice(LEARNED_PREFIX.length)] = { data: t.data.slice(), shape: t.shape };
+      }
+    }
     const run = { abits: job.ctx.abits, kvBits: job.ctx.kvBits };
     if (k > 0) job.qIn = chain;
     if (k < group.length - 1) chain = await runBlock(rt, c, job.weights, chain, run);
