@@ -14,6 +14,7 @@
  * @module
  */
 import type { Graph, Value } from "../kernels/graph.ts";
+import { rotateByFactors } from "../models/block_graph.ts";
 import { Rng } from "../kernels/tensor.ts";
 
 /** An orthogonal n × n matrix Q = D·(A ⊗ B/√p), kept in factored form. */
@@ -212,23 +213,18 @@ export function rotateColumns(w: Float32Array, n: number, cols: number, r: Rotat
 }
 
 /**
- * x·Q as graph ops on x [N, n] (N may be symbolic): the signs, then X·B/√p and Aᵀ·(·) as two
- * MatMuls on the [N, m, p] view (one when m = 1).
+ * x·Q as graph ops on x [N, n] (N may be unknown): the signs, then X·B/√p and Aᵀ·(·) as two
+ * MatMuls on the [N, m, p] view — the block graph's online rotation with constant factors.
  */
 export function rotateGraph(g: Graph, x: Value, r: Rotation): Value {
-  const { n, m, p } = r;
-  const v0 = r.signs ? g.mul(x, g.constant(Float32Array.from(r.signs), [n])) : x;
-  const s = 1 / Math.sqrt(p) * (m === 1 ? r.a[0] : 1);
-  const b = Float32Array.from(sylvester(p), (e) => e * s);
-  let v = g.matmul(g.reshape(v0, [-1, m, p]), g.constant(b, [p, p]));
-  if (m > 1) {
-    // Aᵀ·Y along the m axis: transpose to [N, p, m], multiply by A, transpose back.
-    v = g.transpose(
-      g.matmul(g.transpose(v, [0, 2, 1]), g.constant(Float32Array.from(r.a), [m, m])),
-      [0, 2, 1],
-    );
-  }
-  return g.reshape(v, [-1, n]);
+  const s = 1 / Math.sqrt(r.p);
+  return rotateByFactors(
+    g,
+    x,
+    g.constant(Float32Array.from(r.signs ?? new Float64Array(r.n).fill(1)), [r.n]),
+    g.constant(Float32Array.from(r.a), [r.m, r.m]),
+    g.constant(Float32Array.from(sylvester(r.p), (e) => e * s), [r.p, r.p]),
+  );
 }
 
 /** The Sylvester Hadamard matrix of order p = 2^k (symmetric), row-major. */

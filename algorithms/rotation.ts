@@ -18,19 +18,10 @@
  * @module
  */
 import type { Tensor } from "../kernels/tensor.ts";
+import { type OnlinePoint, onlineRotationNames } from "../models/block_graph.ts";
 import type { ModelConfig } from "../models/config.ts";
 import type { BlockWeights } from "../models/source.ts";
 import { rotateColumns, rotateRows, type Rotation, sylvester } from "./hadamard.ts";
-
-/** The two points a rotation is applied at run time. */
-export const ONLINE_ROTATIONS = ["x_down", "qk"] as const;
-/** A point with an online rotation. */
-export type OnlinePoint = (typeof ONLINE_ROTATIONS)[number];
-
-/** Block tensor names of an online rotation: its signs [n], its factor A [m, m] and B/√p [p, p]. */
-export function onlineRotationNames(point: OnlinePoint): [string, string, string] {
-  return [`rotation.${point}.signs`, `rotation.${point}.a`, `rotation.${point}.b`];
-}
 
 /** The block tensors carrying an online rotation, for the block graph to apply x·R. */
 export function onlineRotationTensors(point: OnlinePoint, r: Rotation): BlockWeights {

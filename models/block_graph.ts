@@ -41,6 +41,35 @@ export function reassemblyNames(point: CapturePoint): string[] {
   return ["src_a", "src_b", "coef_a", "coef_b"].map((k) => `reassembly.${point}.${k}`);
 }
 
+/** Points where a block may carry an online rotation x·R, applied at run time. */
+export const ONLINE_ROTATIONS = ["x_down", "qk"] as const;
+/** A point with an online rotation: down_proj's input, or q and k per head after RoPE. */
+export type OnlinePoint = (typeof ONLINE_ROTATIONS)[number];
+
+/**
+ * Names of an online rotation's block tensors: signs D [n], an orthogonal factor A [m, m] and a
+ * scaled Sylvester factor B [p, p], so that x·R = Aᵀ·(X∘D)·B with x viewed as m × p
+ * (algorithms/hadamard.ts builds them).
+ */
+export function onlineRotationNames(point: OnlinePoint): [string, string, string] {
+  return [`rotation.${point}.signs`, `rotation.${point}.a`, `rotation.${point}.b`];
+}
+
+/** x·R for x [N, n] (N may be unknown) from a rotation's factors (graph values). */
+export function rotateByFactors(g: Graph, x: Value, signs: Value, a: Value, b: Value): Value {
+  const [m] = g.shapeOf(a) as number[], [p] = g.shapeOf(b) as number[];
+  let v = g.matmul(g.reshape(g.mul(x, signs), [-1, m, p]), b);
+  if (m > 1) v = g.transpose(g.matmul(g.transpose(v, [0, 2, 1]), a), [0, 2, 1]);
+  else v = g.mul(v, g.reshape(a, [1]));
+  return g.reshape(v, [-1, m * p]);
+}
+
+/** The block's online rotation at `point` applied to x [N, n], when the block carries one. */
+function onlineRotation(g: Graph, x: Value, w: Record<string, Value>, point: OnlinePoint): Value {
+  const [s, a, b] = onlineRotationNames(point).map((n) => w[n]);
+  return a ? rotateByFactors(g, x, s, a, b) : x;
+}
+
 /** Names of a point's static activation-quantization tensors. */
 export function actQuantNames(point: CapturePoint): [string, string] {
   return [`act_quant.${point}.scale`, `act_quant.${point}.zero`];
@@ -155,7 +184,9 @@ export function rope(g: Graph, x: Value, cos: Value, sin: Value, headDim: number
 /**
  * Causal grouped-query attention with RoPE (rotate-half) on q and k, before o_proj: q [B·T, H·hd],
  * k and v [B·T, KV·hd] → [B·T, H·hd], and the attention probabilities [B, KV, G, T, T]. With
- * `kvBits` < 16, q and k (after RoPE) and v are fake-quantized per token and head.
+ * `kvBits` < 16, q and k (after RoPE) and v are fake-quantized per token and head; when the
+ * block's tensors `w` carry a `qk` online rotation, q and k are rotated per head after RoPE,
+ * before that quantizer.
  */
 export function attention(
   g: Graph,
@@ -165,6 +196,7 @@ export function attention(
   k: Value,
   v: Value,
   r: { cos: Value; sin: Value; mask: Value },
+  w: Record<string, Value> = {},
 ): { out: Value; probs: Value } {
   const { batch: B, seqlen: T } = o;
   const H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
@@ -172,14 +204,14 @@ export function attention(
     (o.kvBits !== undefined && o.kvBits < 16) ? fakeQuantPerToken(g, x, o.kvBits) : x;
   const heads = (x: Value, n: number) => g.reshape(x, [B, T, n, hd]);
   const qh = heads(q, H), kh = heads(k, KV), vh = heads(v, KV);
-  const qr = g.reshape(
-    g.transpose(kvq(rope(g, qh, r.cos, r.sin, hd)), [0, 2, 1, 3]),
-    [B, KV, G, T, hd],
-  );
-  const kr = g.reshape(
-    g.transpose(kvq(rope(g, kh, r.cos, r.sin, hd)), [0, 2, 3, 1]),
-    [B, KV, 1, hd, T],
-  );
+  // RoPE, then the online rotation of q and k per head when the block carries one (R3).
+  const roped = (x: Value, n: number) => {
+    const y = rope(g, x, r.cos, r.sin, hd);
+    if (!w[onlineRotationNames("qk")[1]]) return y;
+    return g.reshape(onlineRotation(g, g.reshape(y, [B * T * n, hd]), w, "qk"), [B, T, n, hd]);
+  };
+  const qr = g.reshape(g.transpose(kvq(roped(qh, H)), [0, 2, 1, 3]), [B, KV, G, T, hd]);
+  const kr = g.reshape(g.transpose(kvq(roped(kh, KV)), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
   const vr = g.reshape(g.transpose(kvq(vh), [0, 2, 1, 3]), [B, KV, 1, T, hd]);
   const scores = g.add(g.div(g.matmul(qr, kr), g.scalar(Math.sqrt(hd))), r.mask);
   const probs = g.op("Softmax", [scores], { axis: -1 });
@@ -244,7 +276,8 @@ export function addBlock(
   const N = B * T, d = c.hidden;
   const quantizing = o.abits !== undefined && o.abits < 16;
   const aq = (v: Value, point: CapturePoint) => {
-    let r = w[reassemblyNames(point)[0]] ? reassembleChannels(g, v, w, point) : v;
+    let r = point === "x_down" ? onlineRotation(g, v, w, "x_down") : v;
+    if (w[reassemblyNames(point)[0]]) r = reassembleChannels(g, r, w, point);
     const [sn, zn] = actQuantNames(point);
     if (quantizing) {
       r = w[sn] ? fakeQuantStatic(g, r, w[sn], w[zn], o.abits!) : fakeQuantPerToken(g, r, o.abits!);
@@ -270,6 +303,7 @@ export function addBlock(
     linear(hAttn, "self_attn.k_proj"),
     linear(hAttn, "self_attn.v_proj"),
     { cos, sin, mask },
+    w,
   );
   const attnQ = aq(attn, "x_o");
   captured.x_o = attnQ;

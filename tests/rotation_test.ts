@@ -1,8 +1,10 @@
 /**
  * Rotating a model's tensors (algorithms/rotation.ts) keeps its function: a real block with its
- * norms fused and R1/R2 applied, fed x·Q, outputs y·Q (ONNX Runtime, relative error < 1e-5) on
- * both fixtures (tinystories-656k: GQA, 128 wide; stories260k: 64 wide, a 172-wide MLP), and the
- * rotated head gives the original logits.
+ * norms fused and R1/R2 applied — and with R4 on down_proj's input and R3 on q/k applied online
+ * by the block graph — fed x·Q, outputs y·Q (ONNX Runtime, relative error < 1e-5) on both
+ * fixtures (tinystories-656k: GQA, 128 wide, 384-wide MLP = 12·32; stories260k: 64 wide, a
+ * 172-wide MLP = 43·4 with a random orthogonal factor), and the rotated head gives the original
+ * logits.
  */
 import assert from "node:assert/strict";
 import { rotateRows, rotation } from "../algorithms/hadamard.ts";
@@ -31,6 +33,7 @@ for (const name of ["tinystories-656k", "stories260k"]) {
       const c = model.config;
       const r1 = rotation(c.hidden, 0);
       const rots = { residual: r1, head: rotation(c.headDim, 1), down: null, qk: null };
+      const online = { ...rots, down: rotation(c.intermediate, 2), qk: rotation(c.headDim, 3) };
       const rng = new Rng(3);
       const T = 32;
       const x: Tensor = rng.normalTensor([2, T, c.hidden], 1);
@@ -39,11 +42,13 @@ for (const name of ["tinystories-656k", "stories260k"]) {
       for (let i = 0; i < c.layers; i++) {
         const w = await model.block(i);
         const y = await runBlock(rt, c, w, x);
-        const yq = await runBlock(rt, c, rotateBlock(w, c, rots), xq);
         const want = y.data.slice();
         rotateRows(want, 2 * T, r1);
-        const e = relErr(yq.data, want);
-        assert.ok(e < 1e-5, `block ${i}: relative error ${e}`);
+        for (const [what, r] of [["R1 R2", rots], ["R1 R2 R3 R4", online]] as const) {
+          const yq = await runBlock(rt, c, rotateBlock(w, c, r), xq);
+          const e = relErr(yq.data, want);
+          assert.ok(e < 1e-5, `block ${i} ${what}: relative error ${e}`);
+        }
       }
       const [norm, head] = [await model.finalNorm(), await model.head()];
       const ones = { data: new Float32Array(c.hidden).fill(1), shape: [c.hidden] };
