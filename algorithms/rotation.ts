@@ -21,7 +21,7 @@ import type { Tensor } from "../kernels/tensor.ts";
 import { type OnlinePoint, onlineRotationNames } from "../models/block_graph.ts";
 import type { ModelConfig } from "../models/config.ts";
 import type { BlockWeights } from "../models/source.ts";
-import { rotateColumns, rotateRows, type Rotation, sylvester } from "./hadamard.ts";
+import { rotateColumns, rotateRows, type Rotation, rotation, sylvester } from "./hadamard.ts";
 
 /** The block tensors carrying an online rotation, for the block graph to apply x·R. */
 export function onlineRotationTensors(point: OnlinePoint, r: Rotation): BlockWeights {
@@ -150,4 +150,36 @@ export function rotateHead(head: Tensor, finalNorm: Tensor, q: Rotation): Tensor
   const t = scaleColumns(head, finalNorm.data);
   rotateRows(t.data, t.shape[0], q);
   return t;
+}
+
+/** Which rotations to apply, and the seed of their random signs. */
+export interface RotateOptions {
+  /** Seed of R1 (R2, R4 and R3 take the next ones). */
+  seed: number;
+  /** R4: rotate down_proj's input online. */
+  down: boolean;
+  /** R3: rotate q and k per head after RoPE online (QuaRot applies it with a quantized KV cache). */
+  qk: boolean;
+}
+
+/** The rotations of a model of config `c`. */
+export function modelRotations(c: ModelConfig, o: RotateOptions): ModelRotations {
+  return {
+    residual: rotation(c.hidden, o.seed),
+    head: rotation(c.headDim, o.seed + 1),
+    down: o.down ? rotation(c.intermediate, o.seed + 2) : null,
+    qk: o.qk ? rotation(c.headDim, o.seed + 3) : null,
+  };
+}
+
+/** What a written model records of its rotations (`quantization_config.rotation`). */
+export function describeRotations(r: ModelRotations, o: RotateOptions): Record<string, unknown> {
+  return {
+    seed: o.seed,
+    residual: r.residual.name,
+    head: r.head.name,
+    down_proj_input: r.down?.name ?? null,
+    qk: r.qk?.name ?? null,
+    online: [r.down ? "x_down" : null, r.qk ? "qk" : null].filter((p) => p),
+  };
 }

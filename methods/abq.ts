@@ -90,7 +90,9 @@ export const ABQ: Method<AbqMethodOptions> = {
   --no-compensation    no rank-1 compensation on down_proj`,
   layerwise: false,
   options(f) {
-    const o = learnedOptions(f, ABQ_POINTS);
+    // With a rotated model, down_proj's input is rotated online, so a scale between up_proj's
+    // rows and down_proj's columns (the up→down pair) no longer folds: it is left out.
+    const o = learnedOptions(f, f.rotate ? ABQ_POINTS.filter((p) => p !== "fc2") : ABQ_POINTS);
     if (f["bit-balance"] && o.omni.wbits > 2) {
       throw new UsageError(`--bit-balance applies to 2-bit weights (got --wbits ${o.omni.wbits})`);
     }

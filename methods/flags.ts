@@ -5,7 +5,8 @@
  * declares only what is its own.
  * @module
  */
-import { intFlag, type Options, UsageError } from "../cli/flags.ts";
+import type { RotateOptions } from "../algorithms/rotation.ts";
+import { intFlag, numFlag, type Options, UsageError } from "../cli/flags.ts";
 
 /** `--wbits`, `--group-size`. */
 export const WEIGHT_FLAGS = {
@@ -37,6 +38,7 @@ export const ACTIVATION_FLAGS = {
   abits: { type: "string" },
   "kv-bits": { type: "string" },
   "act-scheme": { type: "string" },
+  "act-clip": { type: "string" },
 } as const satisfies Options;
 
 /** Usage of {@linkcode ACTIVATION_FLAGS}. */
@@ -44,7 +46,9 @@ export const ACTIVATION_USAGE =
   `  --abits B            activation bits of every linear input at run time (16 = none)
   --kv-bits B          also quantize q/k (after RoPE) and v per token and head (off)
   --act-scheme S       token (dynamic per-token ranges, default) or static (one calibrated
-                       range per linear input, fixed after the weights)`;
+                       range per linear input, fixed after the weights)
+  --act-clip R         shrink each token's range to R·[min, max] before quantizing (0 < R ≤ 1;
+                       QuaRot uses 0.9 on rotated activations)`;
 
 /** Run-time activation settings. */
 export interface ActivationOptions {
@@ -54,6 +58,8 @@ export interface ActivationOptions {
   kvBits?: number;
   /** One calibrated range per linear input instead of per-token ranges. */
   staticActs: boolean;
+  /** Clip ratio of the per-token ranges (absent: 1). */
+  clip?: number;
 }
 
 /** Reads {@linkcode ACTIVATION_FLAGS}. */
@@ -71,7 +77,38 @@ export function activationFlags(f: Record<string, unknown>): ActivationOptions {
   if (scheme === "static" && abits >= 16) {
     throw new UsageError("--act-scheme static needs --abits below 16");
   }
-  return { abits, kvBits, staticActs: scheme === "static" };
+  const clip = f["act-clip"] === undefined
+    ? undefined
+    : numFlag(f["act-clip"], "--act-clip", 1, 0, 1);
+  if (clip !== undefined) {
+    if (clip === 0) throw new UsageError("--act-clip 0: expected a ratio in (0, 1]");
+    if (abits >= 16) throw new UsageError("--act-clip needs --abits below 16");
+    if (scheme === "static") throw new UsageError("--act-clip applies to per-token ranges only");
+  }
+  return { abits, kvBits, staticActs: scheme === "static", clip };
+}
+
+/** `--rotate`, `--rotate-seed`, common to every method (the run reads them). */
+export const ROTATION_FLAGS = {
+  rotate: { type: "boolean" },
+  "rotate-seed": { type: "string" },
+} as const satisfies Options;
+
+/** Usage of {@linkcode ROTATION_FLAGS}. */
+export const ROTATION_USAGE =
+  `  --rotate             rotate the model first (QuaRot): norms fused, randomized Hadamard R1 on
+                       the residual stream and R2 per head, R4 online on down_proj's input,
+                       and R3 online on q/k after RoPE when --kv-bits is given
+  --rotate-seed N      seed of the rotations' random signs (0)`;
+
+/** Reads {@linkcode ROTATION_FLAGS}: the rotations to apply, or null. */
+export function rotationFlags(f: Record<string, unknown>): RotateOptions | null {
+  if (!f.rotate) {
+    if (f["rotate-seed"] !== undefined) throw new UsageError("--rotate-seed needs --rotate");
+    return null;
+  }
+  const kv = f["kv-bits"] === undefined ? 16 : Number(f["kv-bits"]);
+  return { seed: intFlag(f["rotate-seed"], "--rotate-seed", 0, 0), down: true, qk: kv < 16 };
 }
 
 /** `--epochs`, `--batch`, `--resume`. */

@@ -70,6 +70,12 @@ function onlineRotation(g: Graph, x: Value, w: Record<string, Value>, point: Onl
   return a ? rotateByFactors(g, x, s, a, b) : x;
 }
 
+/**
+ * The block tensor [1] holding the clip ratio of the per-token activation quantizers of every
+ * linear input (absent: no clipping).
+ */
+export const ACT_CLIP = "act_quant.clip";
+
 /** Names of a point's static activation-quantization tensors. */
 export function actQuantNames(point: CapturePoint): [string, string] {
   return [`act_quant.${point}.scale`, `act_quant.${point}.zero`];
@@ -154,13 +160,19 @@ export function rmsNorm(g: Graph, x: Value, w: Value, eps: number): Value {
 
 /**
  * Per-token (last axis) asymmetric min-max fake quantization, the range always containing 0
- * (PROTOCOL.md §5); ONNX Round is round-half-to-even like torch.round.
+ * (PROTOCOL.md §5); ONNX Round is round-half-to-even like torch.round. With `clip` (a [1] value
+ * in (0, 1]), each token's range is shrunk to clip·[min, max] first and the values beyond it
+ * saturate (QuaRot's activation clip ratio).
  */
-export function fakeQuantPerToken(g: Graph, x: Value, bits: number): Value {
+export function fakeQuantPerToken(g: Graph, x: Value, bits: number, clip?: Value): Value {
   const maxq = 2 ** bits - 1;
   const zero0 = g.scalar(0);
   let xmin = g.op("Min", [g.reduceMin(x, [-1]), zero0]);
   let xmax = g.op("Max", [g.reduceMax(x, [-1]), zero0]);
+  if (clip) {
+    xmin = g.mul(xmin, clip);
+    xmax = g.mul(xmax, clip);
+  }
   const flat = g.op("And", [g.op("Equal", [xmin, zero0]), g.op("Equal", [xmax, zero0])]);
   xmin = g.op("Where", [flat, g.scalar(-1), xmin]);
   xmax = g.op("Where", [flat, g.scalar(1), xmax]);
@@ -280,7 +292,9 @@ export function addBlock(
     if (w[reassemblyNames(point)[0]]) r = reassembleChannels(g, r, w, point);
     const [sn, zn] = actQuantNames(point);
     if (quantizing) {
-      r = w[sn] ? fakeQuantStatic(g, r, w[sn], w[zn], o.abits!) : fakeQuantPerToken(g, r, o.abits!);
+      r = w[sn]
+        ? fakeQuantStatic(g, r, w[sn], w[zn], o.abits!)
+        : fakeQuantPerToken(g, r, o.abits!, w[ACT_CLIP]);
     }
     return r;
   };

@@ -5,8 +5,11 @@
  * @module
  */
 import { deviceFlag, intFlag, type Options, parseFlags, UsageError } from "../cli/flags.ts";
+import type { RotateOptions } from "../algorithms/rotation.ts";
+import { ROTATION_FLAGS, ROTATION_USAGE, rotationFlags } from "../methods/flags.ts";
 import type { Method, MethodOptions, MethodRun } from "../methods/method.ts";
 import { capture, propagate } from "../stages/propagate.ts";
+import { clipActivations, rotate } from "../stages/rotate.ts";
 import { staticActivations } from "../stages/static_activations.ts";
 import { type QuantizeRun, runQuantization } from "./quantize.ts";
 import { printReport, type QuantizeReport } from "./report.ts";
@@ -99,17 +102,41 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
 }
 
 /**
- * The stages a method's run puts in the stream: `capture()` first when it keeps a teacher
- * chain, then the method's own, the static activation ranges when asked for, and
- * `propagate()` last.
+ * The stages a method's run puts in the stream: `rotate()` first when the model is rotated, the
+ * activation clip ratio, `capture()` when it keeps a teacher chain, then the method's own, the
+ * static activation ranges when asked for, and `propagate()` last.
  */
-export function streamStages(plan: MethodRun, o: MethodOptions): MethodRun["stages"] {
+export function streamStages(
+  plan: MethodRun,
+  o: MethodOptions,
+  rotation: RotateOptions | null,
+): MethodRun["stages"] {
+  const clip = o.activations.clip;
   return (ctx) => [
+    ...(rotation ? [rotate()] : []),
+    ...(clip !== undefined ? [clipActivations(clip)] : []),
     ...(plan.teacher ? [capture()] : []),
     ...plan.stages(ctx),
     ...(o.activations.staticActs ? [staticActivations()] : []),
     propagate(),
   ];
+}
+
+/** A method's run from parsed flags: its plan with the run-wide stages and the rotation. */
+function methodRun<O extends MethodOptions>(
+  m: Method<O>,
+  f: Record<string, unknown>,
+  out: string,
+): MethodRun & { rotation?: RotateOptions } {
+  const o = m.options(f);
+  const rotation = rotationFlags(f);
+  const plan = m.plan(o, out);
+  return {
+    ...plan,
+    settings: { ...plan.settings, ...(rotation ? { rotate: rotation } : {}) },
+    stages: streamStages(plan, o, rotation),
+    ...(rotation ? { rotation } : {}),
+  };
 }
 
 /**
@@ -121,16 +148,14 @@ export function planFromFlags<O extends MethodOptions>(
   argv: string[],
   out: string,
 ): MethodRun {
-  const f = parseFlags(argv, m.flags, usageOf(m));
-  const o = m.options(f);
-  const plan = m.plan(o, out);
-  return { ...plan, stages: streamStages(plan, o) };
+  return methodRun(m, parseFlags(argv, { ...m.flags, ...ROTATION_FLAGS }, usageOf(m)), out);
 }
 
 /** The usage text of a method's command. */
 export function usageOf(m: Method): string {
-  return `usage: deno run -A pipelines/${m.name}.ts ${m.synopsis} [common flags]
+  return `usage: deno run -A pipelines/${m.name}.ts ${m.synopsis} [--rotate] [common flags]
 ${m.usage}
+${ROTATION_USAGE}
 ${COMMON_USAGE}${m.layerwise ? `\n${OFFLOAD_USAGE}` : ""}`;
 }
 
@@ -144,19 +169,17 @@ export async function methodMain<O extends MethodOptions>(
   const f = parseFlags(argv, {
     ...COMMON_FLAGS,
     ...(m.layerwise ? OFFLOAD_FLAGS : {}),
+    ...ROTATION_FLAGS,
     ...m.flags,
   }, usage);
   if (f.help) {
     console.log(usage);
     return;
   }
-  const o = m.options(f);
   const common = commonRun(f, m.name, defaults);
-  const plan = m.plan(o, common.out);
   const report = await runQuantization({
     ...common,
-    ...plan,
-    stages: streamStages(plan, o),
+    ...methodRun(m, f, common.out),
     offloadActivations: m.layerwise ? offloadFlag(f) : false,
   });
   printReport(report, !!f.json);

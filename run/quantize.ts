@@ -5,6 +5,13 @@
  * stages.
  * @module
  */
+import {
+  describeRotations,
+  modelRotations,
+  rotateEmbedding,
+  rotateHead,
+  type RotateOptions,
+} from "../algorithms/rotation.ts";
 import { UsageError } from "../cli/flags.ts";
 import { Progress } from "../cli/progress.ts";
 import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
@@ -27,6 +34,11 @@ import { peakRss, type QuantizeReport } from "./report.ts";
 export interface QuantizeRun extends MethodRun {
   /** Source model: a Hugging Face directory or a llama2.c checkpoint. */
   model: string;
+  /**
+   * Rotate the model (QuaRot): the run builds the rotations, rotates the embedding and the head,
+   * and the `rotate()` stage, first in the stream, rotates each block.
+   */
+  rotation?: RotateOptions;
   /** Output directory (fake-quantized model, learned state, report). */
   out: string;
   /**
@@ -112,6 +124,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     progress.log(
       `calibration: ${r.calib.nsamples} windows of ${seqlen} tokens from ${r.calib.file}`,
     );
+    const rotations = r.rotation ? modelRotations(c, r.rotation) : undefined;
     const ctx: RunContext = {
       rt,
       config: c,
@@ -119,6 +132,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       abits: r.abits,
       kvBits: r.kvBits,
       log: (m) => progress.log(m),
+      rotations,
     };
     const chainBytes = calib.data.length * c.hidden * 4;
     const offload = offloadDecision(r.offloadActivations ?? "auto", !!r.teacher, chainBytes);
@@ -127,8 +141,10 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         `--offload-activations: ${r.method} trains on the activations and needs them in memory`,
       );
     }
-    writer = await ModelWriter.create(r.out, c);
-    const table = await model.embedding();
+    // A rotated model's head is (W∘γ)·Q and its embedding E·Q: no longer one matrix.
+    writer = await ModelWriter.create(r.out, rotations ? { ...c, tiedEmbeddings: false } : c);
+    let table = await model.embedding();
+    if (rotations) table = rotateEmbedding(table, rotations.residual);
     await writer.add("model.embed_tokens.weight", table);
     const link = new ChainLink();
     const sink: SinkResult = { reports: [], storage: {}, extraTensors: {} };
@@ -151,7 +167,12 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     } finally {
       if (input instanceof ActivationFile) input.close();
     }
-    await writer.finish(await model.finalNorm(), await model.head(), r.model, {
+    let [finalNorm, head] = [await model.finalNorm(), await model.head()];
+    if (rotations) {
+      head = rotateHead(head, finalNorm, rotations.residual);
+      finalNorm = { data: new Float32Array(c.hidden).fill(1), shape: [c.hidden] };
+    }
+    await writer.finish(finalNorm, head, r.model, {
       quantization_config: {
         quant_method: `qllm-deno/${r.method}`,
         bits: Math.floor(r.wbits),
@@ -159,12 +180,13 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         activation_bits: r.abits < 16 ? r.abits : null,
         activation_scheme: r.abits >= 16
           ? null
-          : Object.keys(sink.extraTensors).some((k) => k.startsWith("act_quant."))
+          : Object.keys(sink.extraTensors).some((k) => /^act_quant\.\w+\.scale$/.test(k))
           ? "per-tensor static asymmetric (fake)"
           : "per-token dynamic asymmetric (fake)",
         kv_bits: r.kvBits !== undefined && r.kvBits < 16 ? r.kvBits : null,
         extra_block_tensors: Object.keys(sink.extraTensors).length ? sink.extraTensors : null,
         fake_quantized: true,
+        rotation: rotations ? describeRotations(rotations, r.rotation!) : null,
         ...r.quantConfig,
       },
     });

@@ -3,6 +3,7 @@
  * order. Stages read and replace fields of the job; everything a later stage needs travels on it.
  * @module
  */
+import type { ModelRotations } from "../algorithms/rotation.ts";
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { ActivationFile } from "../models/activation_file.ts";
@@ -53,6 +54,11 @@ export interface RunContext {
   kvBits?: number;
   /** Progress sink (stderr). */
   log: (msg: string) => void;
+  /**
+   * The model's rotations, when the run rotates it: the `rotate()` stage applies them to each
+   * block, the run to the embedding and the head.
+   */
+  rotations?: ModelRotations;
 }
 
 /** A decoder block on its way through the pipeline. */

@@ -22,6 +22,7 @@ import {
   REASSEMBLY_POINTS,
   type ReassemblyPoint,
 } from "../algorithms/reassembly.ts";
+import { onlineRotationNames } from "../models/block_graph.ts";
 import { captureBlock } from "../models/forward.ts";
 import type { BlockWeights } from "../models/source.ts";
 import { type BlockJob, type Stage, stage } from "./job.ts";
@@ -102,7 +103,10 @@ export function reassemble(o: ReassembleOptions): Stage {
       const tp = performance.now();
       const ch = await choosePoint(job.ctx.rt, c, out, p, stats[p], o, graph);
       Object.assign(out, applyPlan(out, p, ch.plan));
-      if (o.fold ?? true) Object.assign(out, foldPoint(out, p));
+      // The coefficients at down_proj's input fold into up_proj's rows only while nothing mixes
+      // the channels in between: with an online rotation there (R4) they stay at run time.
+      const rotated = p === "x_down" && out[onlineRotationNames("x_down")[1]] !== undefined;
+      if ((o.fold ?? true) && !rotated) Object.assign(out, foldPoint(out, p));
       Object.assign(job.learned, learnedOf(p, ch));
       points[p] = { ...ch.report, seconds: (performance.now() - tp) / 1000 };
       job.ctx.log(
