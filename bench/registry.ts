@@ -11,6 +11,7 @@ import { benchLearned } from "./learned.ts";
 import { benchMatmul } from "./matmul.ts";
 import { benchMemory } from "./memory.ts";
 import { benchQllm } from "./qllm.ts";
+import { benchRotation } from "./rotation.ts";
 import type { Benchmark } from "./types.ts";
 
 /** The registered benchmarks. */
@@ -38,5 +39,11 @@ export const BENCHMARKS: readonly Benchmark[] = [
     name: "qllm",
     description: "QLLM ablation: RTN, reassembly, LoRA, both, OmniQuant at W4A4/W4A8/W6A6 (README)",
     run: benchQllm,
+  },
+  {
+    name: "rotation",
+    description:
+      "Rotation (QuaRot) beside every method at W4A4/W4A4KV4/W4A8/W4A16, three seeds (README)",
+    run: benchRotation,
   },
 ];
