@@ -233,7 +233,8 @@ export function columns(o: {
 }): string {
   const format = o.format ?? fmt;
   const groups = [...new Set(o.columns.map((c) => c.group))];
-  const left = 48, right = 12, top = 12, bottom = 34, gap = 10;
+  // The reference line's label sits right of the plot.
+  const left = 48, right = o.reference ? 100 : 12, top = 12, bottom = 34, gap = 10;
   const n = o.columns.length;
   const W = o.width ?? Math.max(420, Math.min(1040, left + right + n * 16 + groups.length * gap));
   const H = 220;
@@ -269,8 +270,11 @@ export function columns(o: {
       `<line x1="${left}" x2="${
         W - right
       }" y1="${y}" y2="${y}" stroke="#333" stroke-dasharray="4 3"/>`,
-      `<text x="${W - right}" y="${y - 4}" text-anchor="end" fill="#333" font-size="11">${
-        esc(`${o.reference.label} ${format(o.reference.value)}`)
+      `<text x="${W - right + 6}" y="${y - 3}" fill="#333" font-size="11">${
+        esc(o.reference.label)
+      }</text>`,
+      `<text x="${W - right + 6}" y="${y + 11}" fill="#333" font-size="11" font-weight="600">${
+        esc(format(o.reference.value))
       }</text>`,
     );
   }

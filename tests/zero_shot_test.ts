@@ -139,7 +139,16 @@ for (const name of ["tinystories-656k", "stories260k"]) {
         acc += best(mine) === q.gold ? 1 : 0;
         accNorm += best(mine.map((l, j) => l / q.choices[j].length)) === q.gold ? 1 : 0;
       }
+      // Continuations the tokenizer merges wholly into the context score 0 and count as greedy,
+      // as in the harness; they are counted (tinystories-656k's tokenizer has no pre-tokenizer).
+      const reqs = requestsOf(tok, task);
+      const empty = reqs.filter((r) => r.continuation.length === 0).length;
+      assert.equal(scores.emptyContinuations, empty);
+      scores.choices.flat().forEach((c, i) => {
+        if (reqs[i].continuation.length === 0) assert.deepEqual(c, { logprob: 0, greedy: true });
+      });
       const m = taskMetrics(scores);
+      assert.equal(m.empty_continuations, empty);
       assert.equal(m.questions, task.questions.length);
       assert.equal(m.acc, acc / task.questions.length);
       assert.equal(m.acc_norm, accNorm / task.questions.length);
