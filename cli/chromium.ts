@@ -191,7 +191,16 @@ export class Chromium {
     });
     const nav = await send("Page.navigate", { url });
     if (nav.errorText) throw new Error(`chromium: cannot open ${url}: ${nav.errorText}`);
-    await loaded.promise;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      loaded.promise,
+      new Promise((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`chromium: ${url} did not load in 30 s`)),
+          30_000,
+        );
+      }),
+    ]).finally(() => clearTimeout(timer));
     return {
       errors,
       async evaluate<T>(expression: string): Promise<T> {

@@ -128,7 +128,9 @@ export function blockGraphLoglikelihood(
       seqs.forEach((s, i) => {
         if (s.first >= s.tokens.length) return; // nothing to score
         const T = windowLength(s.tokens.length, maxLength + 1);
-        byLength.set(T, [...(byLength.get(T) ?? []), i]);
+        const members = byLength.get(T);
+        if (members) members.push(i);
+        else byLength.set(T, [i]);
       });
       if (byLength.size === 0) return results;
       let bytes = 0;

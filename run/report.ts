@@ -4,7 +4,7 @@
  * before and after, bits per weight, per-block stage figures, time and memory.
  * @module
  */
-import { formatTaskResult, type TaskResult } from "../eval/zero_shot.ts";
+import type { TaskResult } from "../eval/zero_shot.ts";
 import type { StageReport } from "../stages/job.ts";
 
 export { peakRss } from "../kernels/rss.ts";
@@ -90,6 +90,8 @@ export function printReport(report: QuantizeReport, json: boolean): void {
     console.log(`  ${name}: perplexity ${e.fp.toFixed(4)} (fp) → ${e.quant.toFixed(4)}`);
   }
   for (const [name, t] of Object.entries(report.tasks ?? {})) {
-    console.log(`  ${formatTaskResult(name, t.fp)} (fp)\n  → ${formatTaskResult(name, t.quant)}`);
+    const pct = (v: number) => `${(100 * v).toFixed(2)} %`;
+    const parts = t.fp.metrics.map((m) => `${m} ${pct(t.fp[m])} (fp) → ${pct(t.quant[m])}`);
+    console.log(`  ${name}: ${parts.join(", ")} (${t.fp.questions} questions)`);
   }
 }

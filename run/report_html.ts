@@ -250,7 +250,7 @@ interface ErrorColumn {
 }
 
 /** Per block and column, from whatever figures the stages reported. */
-export function errorColumns(blocks: StageReport[]): ErrorColumn[] {
+function errorColumns(blocks: StageReport[]): ErrorColumn[] {
   const cols: ErrorColumn[] = [];
   const add = (name: string, value: ErrorColumn["value"]) => {
     if (!cols.some((c) => c.name === name) && blocks.some((b) => value(b) !== undefined)) {
