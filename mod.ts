@@ -61,6 +61,7 @@ export {
   type Schedule,
 } from "./kernels/optim.ts";
 export { type KMeans1D, kmeans1d, type KMeans1DAssigned } from "./kernels/kmeans.ts";
+export { peakRss, RssMeter, type RssStretch } from "./kernels/rss.ts";
 
 // Formats: safetensors, Hugging Face directories, llama2.c, writers, ONNX (formats/).
 export {
@@ -94,7 +95,7 @@ export {
   loadTokenizer,
   type TextTokenizer,
 } from "./text/tokenizer.ts";
-export { readDataset, type Windows, windows } from "./text/dataset.ts";
+export { type JsonLine, jsonLines, readDataset, type Windows, windows } from "./text/dataset.ts";
 export { type ChatMessage, renderChat } from "./text/chat.ts";
 export {
   calibrationStarts,
@@ -129,7 +130,10 @@ export {
   type Activations,
   type BlockRunOptions,
   embed,
+  embedToFile,
   logits,
+  type NextTokenScores,
+  nextTokenScores,
   runBlock,
   windowNll,
 } from "./models/forward.ts";
@@ -253,9 +257,45 @@ export { loraMethod, type LoraOptions, QLLM, type QllmMethodOptions } from "./me
 // Evaluation (eval/).
 export { perplexity, type PerplexityOptions, type PerplexityResult } from "./eval/perplexity.ts";
 export { greedy, type GreedyOptions } from "./eval/generate.ts";
+export {
+  blockGraphLoglikelihood,
+  type BlockGraphScorerOptions,
+  type LogLikelihood,
+  type LoglikelihoodRequest,
+  type LoglikelihoodResult,
+  type ScoredSequence,
+  scoredSequence,
+  windowLength,
+} from "./eval/loglikelihood.ts";
+export {
+  type ChoiceRequest,
+  detectFormat,
+  hellaswagPreprocess,
+  parseTask,
+  type Question,
+  readTask,
+  type ReadTaskOptions,
+  TARGET_DELIMITER,
+  type Task,
+  type TaskFormat,
+  type TaskMetric,
+} from "./eval/tasks.ts";
+export {
+  encodePair,
+  evaluateTasks,
+  type EvaluateTasksOptions,
+  formatTaskResult,
+  meanStderr,
+  scoreTasks,
+  taskMetrics,
+  type TaskResult,
+  type TaskScores,
+} from "./eval/zero_shot.ts";
 
 // Runs: a whole quantization run, its report, a method's command (run/, cli/).
 export { type QuantizeRun, RunCache, runQuantization } from "./run/quantize.ts";
-export { printReport, type QuantizeReport } from "./run/report.ts";
+export { printReport, type QuantizeReport, taskReport, writeAtomically } from "./run/report.ts";
+export { htmlPage, reportHtml, runLabel } from "./run/report_html.ts";
+export { compareHtml, readRuns, type RunEntry } from "./run/compare.ts";
 export { methodMain, planFromFlags, type RunDefaults } from "./run/main.ts";
 export { Progress } from "./cli/progress.ts";

@@ -52,6 +52,8 @@ export const COMMON_FLAGS = {
   seed: { type: "string" },
   eval: { type: "string" },
   "eval-windows": { type: "string" },
+  tasks: { type: "string" },
+  "task-limit": { type: "string" },
   device: { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean" },
@@ -68,6 +70,9 @@ export const COMMON_USAGE = `common flags:
   --seed N             calibration seed (0)
   --eval A,B           evaluation files or val | wikitext2 | c4 (default: val)
   --eval-windows N     evaluate the first N windows only (PROTOCOL.md's tables use 256)
+  --tasks A,B          zero-shot accuracy before and after on these task files (JSON lines:
+                       {"context", "choices", "gold"}, PIQA, ARC, HellaSwag, WinoGrande, BoolQ)
+  --task-limit N       only the first N questions of each task
   --device D           cpu | webgpu | cuda (default cpu)
   --json               print the report as one JSON object on stdout
   --quiet              no progress on stderr`;
@@ -92,6 +97,10 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
       windows: f["eval-windows"] === undefined
         ? undefined
         : intFlag(f["eval-windows"], "--eval-windows"),
+      tasks: ((f.tasks as string | undefined) ?? "").split(",").filter((s) => s),
+      taskLimit: f["task-limit"] === undefined
+        ? undefined
+        : intFlag(f["task-limit"], "--task-limit"),
     },
     device: deviceFlag(f.device),
     quiet: !!f.quiet,
