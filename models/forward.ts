@@ -302,8 +302,10 @@ async function forEachBatch(
 }
 
 /**
- * Mean next-token NLL of each window (positions 0..T−2 predict 1..T−1), the per-token values
- * computed in float32 by the head graph and averaged in float64 (PROTOCOL.md §3).
+ * Mean next-token NLL of each window (positions 0..T−2 predict 1..T−1; with `from`, only
+ * positions from..T−2, as llama.cpp's perplexity scores the second half of each window), the
+ * per-token values computed in float32 by the head graph and averaged in float64
+ * (PROTOCOL.md §3).
  */
 export async function windowNll(
   rt: Runtime,
@@ -313,6 +315,7 @@ export async function windowNll(
   x: Tensor,
   ids: ArrayLike<number>,
   batch?: number,
+  from = 0,
 ): Promise<Float64Array> {
   const [W, T, d] = x.shape;
   batch ??= Math.max(1, Math.min(64, Math.floor(16e6 / (4 * T * c.vocab))));
@@ -332,8 +335,8 @@ export async function windowNll(
     });
     for (let i = 0; i < b; i++) {
       let s = 0;
-      for (let t = 0; t < T - 1; t++) s += r.nll.data[i * (T - 1) + t];
-      result[w0 + i] = s / (T - 1);
+      for (let t = from; t < T - 1; t++) s += r.nll.data[i * (T - 1) + t];
+      result[w0 + i] = s / (T - 1 - from);
     }
   }
   return result;

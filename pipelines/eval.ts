@@ -5,14 +5,13 @@
  * @module
  */
 import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
-import { modelDir, openModel } from "../formats/open.ts";
+import { openModel, openTokenizer } from "../formats/open.ts";
 import { Runtime } from "../kernels/session.ts";
 import { checkSeqlen } from "../models/config.ts";
 import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
 import { deviceFlag, intFlag, parseFlags, runMain } from "../cli/flags.ts";
 import { Progress } from "../cli/progress.ts";
 import { readDataset } from "../text/dataset.ts";
-import { loadTokenizer } from "../text/tokenizer.ts";
 
 const USAGE = `usage: deno run -A pipelines/eval.ts [--model DIR] [--data FILE] [--seqlen N]
        [--max-windows N] [--device cpu|webgpu|cuda] [--json]`;
@@ -39,7 +38,7 @@ async function main(argv: string[]) {
     const maxWindows = f["max-windows"] === undefined
       ? undefined
       : intFlag(f["max-windows"], "--max-windows");
-    const tok = await loadTokenizer(await modelDir(modelPath));
+    const tok = await openTokenizer(modelPath);
     const ids = await readDataset(dataPath, tok);
     progress.log(`${dataPath}: ${ids.length} tokens`);
     const r = await perplexity(rt, model, ids, {

@@ -4,6 +4,7 @@
  * @module
  */
 import type { StageReport } from "../stages/job.ts";
+import type { PackResult } from "./pack.ts";
 
 /** The run report (also written to `<out>/report.json`). */
 export interface QuantizeReport {
@@ -37,6 +38,8 @@ export interface QuantizeReport {
   timing: Record<string, number>;
   /** Every stage report of every block, in order. */
   blocks: StageReport[];
+  /** The packed output (`--format`) and the perplexity of the packed model itself. */
+  packed?: PackResult;
 }
 
 /** Peak resident set size of this process (Linux VmHWM), else the current RSS. */
@@ -62,5 +65,15 @@ export function printReport(report: QuantizeReport, json: boolean): void {
   );
   for (const [name, e] of Object.entries(report.eval)) {
     console.log(`  ${name}: perplexity ${e.fp.toFixed(4)} (fp) → ${e.quant.toFixed(4)}`);
+  }
+  const p = report.packed;
+  if (p) {
+    console.log(
+      `  packed ${p.format}${p.gguf_type ? ` ${p.gguf_type}` : ""}: ${p.path} ` +
+        `(${(p.bytes / 2 ** 20).toFixed(2)} MiB, linears ${p.linears_exact ? "exact" : "rounded"})`,
+    );
+    for (const [name, ppl] of Object.entries(p.eval ?? {})) {
+      console.log(`  ${name}: perplexity of the packed model ${ppl.toFixed(4)}`);
+    }
   }
 }

@@ -328,7 +328,7 @@ function roundTripTensors(): TensorEntry[] {
 }
 
 function storedBytes(t: TensorEntry): number {
-  const perElement = { F32: 4, F16: 2, BF16: 2, I32: 4, I8: 1, U8: 1 }[t.dtype];
+  const perElement = { F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I8: 1, U8: 1 }[t.dtype];
   return t.shape.reduce((a, b) => a * b, 1) * perElement;
 }
 
