@@ -42,9 +42,13 @@ export type GgufMetadata = Map<string, GgufEntry>;
 
 /** A ggml tensor type: its code, elements per block and bytes per block. */
 export interface GgmlType {
+  /** Name as ggml prints it (`Q4_0`). */
   name: string;
+  /** `ggml_type` code. */
   code: number;
+  /** Elements per block. */
   blockSize: number;
+  /** Bytes per block. */
   typeSize: number;
 }
 
@@ -93,6 +97,7 @@ const DEFAULT_ALIGNMENT = 32;
 
 /** One tensor of a GGUF file. */
 export interface GgufTensorInfo {
+  /** Tensor name. */
   name: string;
   /** Dimensions, innermost (contiguous) first, as GGUF stores them. */
   dims: number[];
@@ -424,9 +429,11 @@ function writeScalar(o: Out, type: GgufValueTypeCode, v: GgufScalar, key: string
 
 /** A tensor the writer will receive: name, PyTorch-order shape (outermost first), ggml type. */
 export interface GgufTensorPlan {
+  /** Tensor name. */
   name: string;
   /** Outermost first ([rows, cols] for a matrix); stored reversed, as GGUF wants. */
   shape: number[];
+  /** Stored type. */
   type: GgmlType;
 }
 

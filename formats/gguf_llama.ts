@@ -251,16 +251,25 @@ export type GgufLinears =
 
 /** Options of {@linkcode writeGguf}. */
 export interface GgufWriteOptions {
+  /** How the linear layers are stored. */
   linears: GgufLinears;
   /** Type of the embedding and output matrices (F32). */
   floatType?: "F32" | "F16";
+  /**
+   * Store the embedding and output matrices as grid blocks instead (llama.cpp's files keep
+   * them in Q8_0 when their rows are not a multiple of 256): the grid of a [vocab, hidden]
+   * matrix, made by the caller's quantizer.
+   */
+  embedding?: { type: GgufGridType; grid: (name: string, t: Tensor) => GridWeight };
   /** `general.name`. */
   name?: string;
 }
 
 /** What {@linkcode writeGguf} wrote. */
 export interface GgufWriteReport {
+  /** The file written. */
   path: string;
+  /** Its size. */
   bytes: number;
   /** Tensors per ggml type. */
   types: Record<string, number>;
@@ -304,6 +313,7 @@ export async function writeGguf(
     );
   }
   const floatType = GGML_TYPES[o.floatType ?? "F32"];
+  const embType = o.embedding ? GGML_TYPES[o.embedding.type] : floatType;
   const linType = (cols: number) =>
     o.linears.type === "F32" || o.linears.type === "F16"
       ? GGML_TYPES[o.linears.type]
@@ -311,7 +321,7 @@ export async function writeGguf(
       ? GGML_TYPES[o.linears.type]
       : GGML_TYPES.F16;
   const plans: GgufTensorPlan[] = [
-    { name: "token_embd.weight", shape: [c.vocab, c.hidden], type: floatType },
+    { name: "token_embd.weight", shape: [c.vocab, c.hidden], type: embType },
   ];
   const blockShapes = blockTensorShapes(c);
   for (let i = 0; i < c.layers; i++) {
@@ -326,7 +336,7 @@ export async function writeGguf(
   }
   plans.push({ name: "output_norm.weight", shape: [c.hidden], type: GGML_TYPES.F32 });
   if (!c.tiedEmbeddings) {
-    plans.push({ name: "output.weight", shape: [c.vocab, c.hidden], type: floatType });
+    plans.push({ name: "output.weight", shape: [c.vocab, c.hidden], type: embType });
   }
   const fileType = o.linears.type;
   const meta: GgufMetadata = new Map([
@@ -362,7 +372,11 @@ export async function writeGguf(
   const w = await GgufWriter.create(path, meta, plans);
   try {
     const floats = (t: Tensor, type: "F32" | "F16") => floatsToBytes(t.data, type);
-    await w.add("token_embd.weight", floats(await model.embedding(), floatType.name as "F32"));
+    const matrix = (name: string, t: Tensor) =>
+      o.embedding
+        ? gridToBlocks(o.embedding.grid(name, t), o.embedding.type, `${model.path}: ${name}`).bytes
+        : floats(t, floatType.name as "F32");
+    await w.add("token_embd.weight", matrix("token_embd.weight", await model.embedding()));
     for (let i = 0; i < c.layers; i++) {
       const weights = await model.block(i);
       const grids = "grids" in o.linears ? await o.linears.grids(i, weights) : null;
@@ -388,7 +402,7 @@ export async function writeGguf(
     }
     await w.add("output_norm.weight", floats(await model.finalNorm(), "F32"));
     if (!c.tiedEmbeddings) {
-      await w.add("output.weight", floats(await model.head(), floatType.name as "F32"));
+      await w.add("output.weight", matrix("output.weight", await model.head()));
     }
     await w.finish();
   } catch (e) {

@@ -20,6 +20,7 @@ import { packInt32, unpackInt32 } from "./bitpack.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 import { TOOLKIT } from "./packed.ts";
 import {
+  contiguousGIdx,
   dequantizeGrid,
   type LinearCodec,
   openPackedHf,
@@ -47,7 +48,12 @@ function gcd(a: number, b: number): number {
 }
 
 /** The GPTQ codec: `v2` stores zero points as they are, v1 minus one. */
-function gptqCodec(bits: number, v2: () => boolean, sawZero: () => void): LinearCodec {
+function gptqCodec(
+  bits: number,
+  groupSize: number,
+  v2: () => boolean,
+  sawZero: () => void,
+): LinearCodec {
   return {
     pack(prefix, g) {
       checkWords(prefix, "input columns", g.cols, bits);
@@ -81,7 +87,10 @@ function gptqCodec(bits: number, v2: () => boolean, sawZero: () => void): Linear
     async unpack(ckpt: Checkpoint, prefix, rows, cols) {
       checkWords(prefix, "input columns", cols, bits);
       checkWords(prefix, "output rows", rows, bits);
-      const gIdx = await readInts(ckpt, `${prefix}.g_idx`, [cols]) as Int32Array;
+      // Writers that never reorder may leave g_idx out: then groups are runs of group_size.
+      const gIdx = ckpt.has(`${prefix}.g_idx`)
+        ? await readInts(ckpt, `${prefix}.g_idx`, [cols]) as Int32Array
+        : contiguousGIdx(cols, groupSize);
       let groups = 0;
       for (const g of gIdx) groups = Math.max(groups, g + 1);
       const qweight = await readInts(ckpt, `${prefix}.qweight`, [(cols * bits) / 32, rows]);
@@ -121,7 +130,7 @@ export async function writeGptq(
   const bits = codeBits(q.maxq), qc = q.quant;
   for (const format of ["gptq", "gptq_v2"] as const) {
     let zero = false;
-    const codec = gptqCodec(bits, () => format === "gptq_v2", () => {
+    const codec = gptqCodec(bits, 0, () => format === "gptq_v2", () => {
       zero = true;
       if (format === "gptq") throw new V1CannotHold();
     });
@@ -170,6 +179,12 @@ export function openGptq(dir: string, json: Record<string, unknown>): Promise<Mo
   if (qc.pack_dtype !== undefined && qc.pack_dtype !== "int32") {
     throw new Error(`${dir}/config.json: pack_dtype "${qc.pack_dtype}" (only int32)`);
   }
+  const groupSize = typeof qc.group_size === "number" && qc.group_size > 0 ? qc.group_size : 0;
   const { quantization_config: _, ...rest } = json;
-  return openPackedHf(dir, rest, "gptq", gptqCodec(bits, () => format === "gptq_v2", () => {}));
+  return openPackedHf(
+    dir,
+    rest,
+    "gptq",
+    gptqCodec(bits, groupSize, () => format === "gptq_v2", () => {}),
+  );
 }

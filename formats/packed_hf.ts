@@ -28,8 +28,11 @@ import { copyTokenizer } from "./writer.ts";
 export interface PackedTensor {
   /** Suffix after the layer's prefix (`qweight`, `weight_packed`, …). */
   name: string;
+  /** Stored dtype. */
   dtype: WritableDtype;
+  /** Dimensions, outermost first. */
   shape: number[];
+  /** The values (a Float32Array for F16). */
   data: RawData;
 }
 
@@ -43,6 +46,7 @@ export interface LinearCodec {
 
 /** What writing a packed directory did. */
 export interface PackedHfReport {
+  /** The directory written. */
   path: string;
   /** Bytes of the safetensors files. */
   bytes: number;

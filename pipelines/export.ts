@@ -5,7 +5,8 @@
  * `--format gptq|compressed-tensors|gguf` packs it for other runtimes instead (`run/pack.ts`):
  * `--out` is a directory (gptq, compressed-tensors) or a `.gguf` file; float32 scales are
  * rounded to fp16, and the packed model's own perplexity is printed (`--eval FILE|none`,
- * `--eval-windows N`); `--type f16` writes an unquantized model's GGUF as F16.
+ * `--eval-windows N`); `--type f16` writes an unquantized model's GGUF as F16, and
+ * `--embedding-type q8_0` stores a GGUF's embedding and head as Q8_0, as llama.cpp's files do.
  * @module
  */
 import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
@@ -19,7 +20,15 @@ import { intFlag, parseFlags, runMain } from "../cli/flags.ts";
 const USAGE =
   "usage: deno run -A pipelines/export.ts [--model DIR] --out FILE.onnx [--seqlen N] [--batch N]\n" +
   "       deno run -A pipelines/export.ts [--model DIR] --format gptq|compressed-tensors|gguf\n" +
-  "         --out DIR|FILE.gguf [--type f32|f16] [--eval FILE|none] [--eval-windows N]";
+  "         --out DIR|FILE.gguf [--type f32|f16] [--embedding-type q8_0] [--eval FILE|none]\n" +
+  "         [--eval-windows N]";
+
+function embeddingFlag(f: Record<string, unknown>): "Q8_0" {
+  if (String(f["embedding-type"]).toUpperCase() !== "Q8_0") {
+    throw new Error(`--embedding-type ${f["embedding-type"]}: only q8_0 (default: as --type)`);
+  }
+  return "Q8_0";
+}
 
 /** `--format gptq|compressed-tensors|gguf`: pack, evaluate the packed model, print JSON. */
 async function exportPacked(f: Record<string, unknown>): Promise<void> {
@@ -32,6 +41,7 @@ async function exportPacked(f: Record<string, unknown>): Promise<void> {
       format: packedFormatFlag(f.format)!,
       out: f.out as string,
       floatType: type,
+      ...(f["embedding-type"] === undefined ? {} : { embeddingType: embeddingFlag(f) }),
       evalFiles: evalFile === "none" ? [] : [evalFile],
       windows: f["eval-windows"] === undefined
         ? undefined
@@ -54,6 +64,7 @@ async function main(argv: string[]) {
     type: { type: "string" },
     eval: { type: "string" },
     "eval-windows": { type: "string" },
+    "embedding-type": { type: "string" },
     help: { type: "boolean" },
   }, USAGE);
   if (f.help) return console.log(USAGE);

@@ -163,15 +163,17 @@ export function streamStages(plan: MethodRun, o: MethodOptions): MethodRun["stag
 
 /**
  * A method's run from its own flags alone (no common flags): what a benchmark or a test row
- * means by `--wbits 4 --act-order`, exactly as the command reads it.
+ * means by `--wbits 4 --act-order`, exactly as the command reads it; `pack` rounds its scales
+ * for a packed format, as `--format` does.
  */
 export function planFromFlags<O extends MethodOptions>(
   m: Method<O>,
   argv: string[],
   out: string,
+  pack?: PackedFormat,
 ): MethodRun {
   const f = parseFlags(argv, m.flags, usageOf(m));
-  const o = m.options(f);
+  const o = withPacking(m, m.options(f), pack);
   const plan = m.plan(o, out);
   return { ...plan, stages: streamStages(plan, o) };
 }

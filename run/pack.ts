@@ -20,13 +20,21 @@ import {
   type PackRequest,
   scaleFormatOf,
 } from "../formats/packed.ts";
-import { openQuantized, type QuantizedModel } from "../formats/quantized.ts";
+import {
+  gridOf,
+  type GridWeight,
+  openQuantized,
+  type QuantizedModel,
+} from "../formats/quantized.ts";
+import { rtnWeight } from "../algorithms/quantizer.ts";
+import type { Tensor } from "../kernels/tensor.ts";
 import type { Runtime } from "../kernels/session.ts";
 import { LINEAR_NAMES, linearShape, type ModelConfig } from "../models/config.ts";
 import { readDataset } from "../text/dataset.ts";
 
 /** Options of {@linkcode packModel}. */
 export interface PackOptions {
+  /** The packed format. */
   format: PackedFormat;
   /**
    * Output: a directory (gptq, compressed-tensors) or `.gguf` file; default beside the model,
@@ -35,11 +43,25 @@ export interface PackOptions {
   out?: string;
   /** GGUF: type of the embedding and head, and of the linears of an unquantized model (F32). */
   floatType?: "F32" | "F16";
+  /**
+   * GGUF: the embedding and head as Q8_0 blocks (rounded to nearest on a symmetric 8-bit grid
+   * of 32 columns, fp16 scales), as llama.cpp's own Q4_0/Q4_1/Q8_0 files store them.
+   */
+  embeddingType?: "Q8_0";
+}
+
+/** A [rows, cols] float matrix rounded to nearest onto Q8_0's grid (symmetric, groups of 32). */
+export function q8Grid(name: string, t: Tensor): GridWeight {
+  const r = rtnWeight(t, { bits: 8, groupSize: 32, sym: true, scaleFormat: "fp16" });
+  const shape = [t.shape[0], r.nGroups];
+  return gridOf(name, r.weight, { data: r.scale, shape }, { data: r.zero, shape }, 255, 32, null);
 }
 
 /** What was packed, and how exactly. */
 export interface PackResult {
+  /** The packed format. */
   format: PackedFormat;
+  /** The directory or file written. */
   path: string;
   /** Bytes on disk (the weights' files). */
   bytes: number;
@@ -55,6 +77,8 @@ export interface PackResult {
   fallback: string[];
   /** Every linear layer dequantizes bit for bit to the weights of the source model. */
   linears_exact: boolean;
+  /** GGUF: the embedding's (and head's) type when not F32. */
+  embedding_type?: string;
   /** Perplexity of the packed model itself, read back, per evaluation file. */
   eval?: Record<string, number>;
 }
@@ -105,11 +129,20 @@ export async function packModel(dir: string, o: PackOptions): Promise<PackResult
     const bits = q.quant.bits;
     const unquantized = !String(q.quant.quant_method ?? "").startsWith("qllm-deno/") ||
       typeof bits !== "number" || bits >= 16;
-    const base = { format: o.format, rounded_scales: 0, inexact_mins: 0, fallback: [] };
+    const base = {
+      format: o.format,
+      rounded_scales: 0,
+      inexact_mins: 0,
+      fallback: [],
+      ...(o.embeddingType ? { embedding_type: o.embeddingType } : {}),
+    };
     if (o.format === "gguf" && unquantized) {
       const type = o.floatType ?? "F32";
       const path = o.out ?? `${dir.replace(/\/+$/, "")}/model-${type}.gguf`;
-      const r = await writeGguf(path, model, await readSpmVocab(dir), { linears: { type } });
+      const r = await writeGguf(path, model, await readSpmVocab(dir), {
+        linears: { type },
+        ...(o.embeddingType ? { embedding: { type: o.embeddingType, grid: q8Grid } } : {}),
+      });
       return { ...base, path, bytes: r.bytes, gguf_type: type, linears_exact: type === "F32" };
     }
     let ggufType: GgufGridType | null;
@@ -125,6 +158,7 @@ export async function packModel(dir: string, o: PackOptions): Promise<PackResult
       const r = await writeGguf(path, model, await readSpmVocab(dir), {
         linears: { type: ggufType!, grids, scaleFormat: scaleFormatOf(ggufType) },
         floatType: o.floatType,
+        ...(o.embeddingType ? { embedding: { type: o.embeddingType, grid: q8Grid } } : {}),
       });
       return {
         ...base,

@@ -17,7 +17,8 @@ import assert from "node:assert/strict";
 import { greedy } from "../eval/generate.ts";
 import { perplexity } from "../eval/perplexity.ts";
 import { ensureLlama } from "../fixtures/generate.ts";
-import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
+import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
+import { coveredText, llamaPerplexity, runLlamaCpp } from "../fixtures/llama_cpp.ts";
 import { GgufFile } from "../formats/gguf.ts";
 import { readSpmVocab } from "../formats/gguf_llama.ts";
 import { openModel, openTokenizer } from "../formats/open.ts";
@@ -26,22 +27,9 @@ import { rtnMain } from "../pipelines/rtn.ts";
 import { packModel } from "../run/pack.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
-const LLAMA = `${SHARED_FIXTURES}/../tools/llama.cpp`;
 const MODELS = ["tinystories-656k", "stories260k"];
 const CTX = 128, CHUNKS = 24;
-
-/** Runs a llama.cpp program; OpenMP threads wait passively (2 cores shared with other work). */
-async function llama(tool: string, args: string[]): Promise<string> {
-  const r = await new Deno.Command(`${LLAMA}/${tool}`, {
-    args,
-    stdout: "piped",
-    stderr: "piped",
-    env: { OMP_WAIT_POLICY: "passive" },
-  }).output();
-  const out = new TextDecoder().decode(r.stdout), err = new TextDecoder().decode(r.stderr);
-  if (!r.success) throw new Error(`${tool} ${args.join(" ")} failed:\n${err.slice(-2000)}`);
-  return out + err;
-}
+const llama = runLlamaCpp;
 
 async function f32Gguf(tmp: string, model: string): Promise<string> {
   const p = await packModel(fixtureModel(model), { format: "gguf", out: `${tmp}/${model}.gguf` });
@@ -77,9 +65,8 @@ Deno.test("llama-perplexity's Q4_0 and Q4_1 ratios to F32 equal ours within 1 %"
   const rt = new Runtime("cpu");
   try {
     const vocab = await readSpmVocab(fixtureModel("tinystories-656k"));
-    const covered = new Set(vocab.tokens.filter((t) => [...t].length === 1));
     const raw = (await Deno.readTextFile(fixtureText("tinystories_val.txt"))).slice(0, 90_000);
-    const text = [...raw].filter((ch) => ch === " " || covered.has(ch)).join("");
+    const text = coveredText(raw, vocab.tokens);
     await Deno.writeTextFile(`${tmp}/val.txt`, text);
     for (const model of MODELS) {
       const files: Record<string, string> = { F32: await f32Gguf(tmp, model) };
@@ -122,7 +109,7 @@ Deno.test("llama-perplexity's Q4_0 and Q4_1 ratios to F32 equal ours within 1 %"
           "-t",
           "2",
         ]);
-        const theirs = Number(/Final estimate: PPL = ([\d.]+)/.exec(out)![1]);
+        const theirs = llamaPerplexity(out);
         const m = await openModel(file), tok = await openTokenizer(file);
         const ids = Int32Array.from(tok.encode(text));
         const ours = (await perplexity(rt, m, ids, {

@@ -38,8 +38,11 @@ export interface SpmVocab {
   scores: Float32Array;
   /** {@linkcode TokenType} of each token. */
   types: Int32Array;
+  /** Beginning-of-sequence id. */
   bos: number;
+  /** End-of-sequence id. */
   eos: number;
+  /** Id of the unknown token. */
   unk: number;
   /** Padding id, when the tokenizer has one. */
   pad?: number;
@@ -106,7 +109,11 @@ function notSpmShaped(tj: Json): string | null {
  * A vocabulary from a SentencePiece-shaped BPE `tokenizer.json` (and `tokenizer_config.json`
  * for the special tokens). Throws, naming `file`, for other tokenizers.
  */
-export function spmVocabFromHf(tj: Json, config: Json, file: string): SpmVocab {
+export function spmVocabFromHf(
+  tj: Record<string, unknown>,
+  config: Record<string, unknown>,
+  file: string,
+): SpmVocab {
   const why = notSpmShaped(tj);
   if (why) {
     throw new Error(
