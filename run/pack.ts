@@ -141,6 +141,7 @@ export async function packModel(dir: string, o: PackOptions): Promise<PackResult
       const path = o.out ?? `${dir.replace(/\/+$/, "")}/model-${type}.gguf`;
       const r = await writeGguf(path, model, await readSpmVocab(dir), {
         linears: { type },
+        floatType: type,
         ...(o.embeddingType ? { embedding: { type: o.embeddingType, grid: q8Grid } } : {}),
       });
       return { ...base, path, bytes: r.bytes, gguf_type: type, linears_exact: type === "F32" };

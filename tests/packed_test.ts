@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { fixtureModel } from "../fixtures/paths.ts";
+import { writeCompressedTensors } from "../formats/compressed_tensors.ts";
 import { openModel } from "../formats/open.ts";
 import { toFp16 } from "../formats/packed.ts";
 import { openQuantized, type QuantizedModel } from "../formats/quantized.ts";
@@ -32,16 +33,23 @@ const RUN = [
   "--quiet",
 ];
 
+/** How a packed model stores a kind of tensor: exactly, or rounded to fp16. */
+type Stored = "exact" | "fp16";
+
 /** Compares every tensor of the packed model with the source; returns linears compared. */
-async function samePacked(src: string, packed: string, floats: "exact" | "fp16") {
+async function samePacked(
+  src: string,
+  packed: string,
+  o: { linears: Stored; norms: Stored; embedding: Stored },
+) {
   const a = await openModel(src), b = await openModel(packed);
   let linears = 0;
   try {
     assert.deepEqual(b.config.layers, a.config.layers);
-    const same = (x: Float32Array, y: Float32Array, what: string, exact: boolean) => {
+    const same = (x: Float32Array, y: Float32Array, what: string, how: Stored) => {
       assert.equal(x.length, y.length, what);
       for (let i = 0; i < x.length; i++) {
-        const want = exact ? x[i] : toFp16(x[i]);
+        const want = how === "exact" ? x[i] : toFp16(x[i]);
         if (want !== y[i]) assert.fail(`${what}[${i}]: ${y[i]} ≠ ${want}`);
       }
     };
@@ -49,18 +57,21 @@ async function samePacked(src: string, packed: string, floats: "exact" | "fp16")
       const wa = await a.block(i), wb = await b.block(i);
       for (const [name, t] of Object.entries(wa)) {
         const lin = LINEAR_NAMES.some((l) => name === `${l}.weight`);
-        same(t.data, wb[name].data, `block ${i} ${name}`, lin || floats === "exact");
+        same(t.data, wb[name].data, `block ${i} ${name}`, lin ? o.linears : o.norms);
         if (lin) linears++;
       }
     }
-    same((await a.embedding()).data, (await b.embedding()).data, "embedding", floats === "exact");
-    same((await a.finalNorm()).data, (await b.finalNorm()).data, "norm", floats === "exact");
+    same((await a.embedding()).data, (await b.embedding()).data, "embedding", o.embedding);
+    same((await a.finalNorm()).data, (await b.finalNorm()).data, "norm", o.norms);
   } finally {
     a.close();
     b.close();
   }
   return linears;
 }
+
+const GGUF_STORED = { linears: "exact", norms: "exact", embedding: "exact" } as const;
+const HF_STORED = { linears: "exact", norms: "fp16", embedding: "fp16" } as const;
 
 Deno.test("every format and bit width: packed linears equal the evaluated ones bit for bit", async (t) => {
   const tmp = await Deno.makeTempDir();
@@ -109,18 +120,18 @@ Deno.test("every format and bit width: packed linears equal the evaluated ones b
     for (const [name, main, flags, format, floats] of cases) {
       await t.step(name, async () => {
         const out = `${tmp}/${name.replaceAll(" ", "_")}`;
-        const r = await main([
-          ...RUN,
-          ...flags,
-          "--format",
-          format,
-          "--out",
-          out,
-        ]) as QuantizeReport;
+        // One case also evaluates: the packed model's perplexity is the evaluated one.
+        const evalFlags = name === "gguf Q4_0" ? ["--eval", "val", "--eval-windows", "4"] : [];
+        const argv = [...RUN, ...flags, "--format", format, "--out", out, ...evalFlags];
+        const r = await main(argv) as QuantizeReport;
         const p = r.packed!;
+        if (evalFlags.length) {
+          assert.equal(p.eval!["tinystories_val.txt"], r.eval["tinystories_val.txt"].quant);
+        }
         assert.equal(p.linears_exact, true);
         assert.equal(p.rounded_scales, 0);
-        assert.equal(await samePacked(out, p.path, floats), 14);
+        const stored = floats === "exact" ? GGUF_STORED : HF_STORED;
+        assert.equal(await samePacked(out, p.path, stored), 14);
         if (format === "gptq") assert.equal(p.checkpoint_format, "gptq");
         if (name === "gguf Q4_1") assert.equal(p.inexact_mins, 0);
       });
@@ -229,6 +240,18 @@ Deno.test("GPTQ words by hand; a zero point of 0 makes the checkpoint gptq_v2", 
       ["gptq", 4],
     );
     assert.match(cfg.quantization_config.meta.quantizer[0], /^qllm-deno:/);
+    // compressed-tensors: codes along K per row, zero points (all 1) along N.
+    await writeCompressedTensors(`${tmp}/ct`, a.model, a.q);
+    const ct = await SafetensorsReader.open(`${tmp}/ct/model.safetensors`);
+    const p = "model.layers.0.mlp.gate_proj";
+    const wp = (await ct.readRaw(`${p}.weight_packed`)).data as Int32Array;
+    assert.deepEqual([wp[0], wp[4]], [0x76543210, 0x87654321 | 0]); // row 0 k 0..7, row 1 k 0..7
+    assert.equal(((await ct.readRaw(`${p}.weight_zero_point`)).data as Int32Array)[0], 0x11111111);
+    assert.deepEqual([...(await ct.readRaw(`${p}.weight_shape`)).data as BigInt64Array], [
+      32n,
+      32n,
+    ]);
+    ct.close();
     const m2 = await openModel(`${tmp}/v2`);
     const w = (await m2.block(0))["self_attn.o_proj.weight"].data;
     for (let i = 0; i < 32 * 32; i++) assert.equal(w[i], 0.5 * (((i % 32) * 3 + (i >> 5)) % 16));
@@ -287,6 +310,30 @@ Deno.test("export --format on float32 scales: rounded to fp16, codes kept, said 
     q.close();
     src.close();
     packed.close();
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("GGUF F32/F16 of an unquantized model; pipelines take a GGUF file as --model", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const src = fixtureModel("stories260k");
+    for (const type of ["F32", "F16"] as const) {
+      const out = `${tmp}/m-${type}.gguf`;
+      const p = await packModel(src, { format: "gguf", out, floatType: type });
+      const stored = type === "F32"
+        ? GGUF_STORED
+        : { linears: "fp16", norms: "exact", embedding: "fp16" } as const;
+      assert.equal(await samePacked(src, p.path, stored), 35);
+    }
+    // Quantizing the GGUF file (its own vocabulary) gives what quantizing the original gives.
+    const flags = ["--wbits", "4", "--nsamples", "4", "--eval", "val", "--eval-windows", "4"];
+    const a = await rtnMain([...flags, "--model", src, "--out", `${tmp}/a`, "--quiet"]);
+    const gguf = `${tmp}/m-F32.gguf`;
+    const b = await rtnMain([...flags, "--model", gguf, "--out", `${tmp}/b`, "--quiet"]);
+    assert.deepEqual(b!.eval, a!.eval);
+    await Deno.stat(`${tmp}/b/tokenizer.gguf`);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
