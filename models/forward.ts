@@ -363,8 +363,10 @@ export async function nextTokenScores(
 }
 
 /**
- * Mean next-token NLL of each window (positions 0..T−2 predict 1..T−1), the per-token values
- * computed in float32 by the head graph and averaged in float64 (PROTOCOL.md §3).
+ * Mean next-token NLL of each window (positions 0..T−2 predict 1..T−1; with `from`, only
+ * positions from..T−2, as llama.cpp's perplexity scores the second half of each window), the
+ * per-token values computed in float32 by the head graph and averaged in float64
+ * (PROTOCOL.md §3).
  */
 export async function windowNll(
   rt: Runtime,
@@ -374,14 +376,15 @@ export async function windowNll(
   x: Tensor,
   ids: ArrayLike<number>,
   batch?: number,
+  from = 0,
 ): Promise<Float64Array> {
   const [W, T] = x.shape;
   const { nll } = await nextTokenScores(rt, c, norm, head, x, ids, { batch });
   const result = new Float64Array(W);
   for (let w = 0; w < W; w++) {
     let s = 0;
-    for (let t = 0; t < T - 1; t++) s += nll[w * (T - 1) + t];
-    result[w] = s / (T - 1);
+    for (let t = from; t < T - 1; t++) s += nll[w * (T - 1) + t];
+    result[w] = s / (T - 1 - from);
   }
   return result;
 }

@@ -6,7 +6,7 @@
  * @module
  */
 import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
-import { modelDir, openModel } from "../formats/open.ts";
+import { openModel, openTokenizer } from "../formats/open.ts";
 import { Runtime } from "../kernels/session.ts";
 import { checkSeqlen } from "../models/config.ts";
 import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
@@ -15,7 +15,6 @@ import { evaluateTasks, formatTaskResult } from "../eval/zero_shot.ts";
 import { deviceFlag, intFlag, parseFlags, runMain } from "../cli/flags.ts";
 import { Progress } from "../cli/progress.ts";
 import { readDataset } from "../text/dataset.ts";
-import { loadTokenizer } from "../text/tokenizer.ts";
 
 const USAGE = `usage: deno run -A pipelines/eval.ts [--model DIR] [--data FILE] [--seqlen N]
        [--max-windows N] [--tasks FILE[,FILE…]] [--task-limit N] [--device cpu|webgpu|cuda]
@@ -56,7 +55,7 @@ async function main(argv: string[]) {
     const maxWindows = f["max-windows"] === undefined
       ? undefined
       : intFlag(f["max-windows"], "--max-windows");
-    const tok = await loadTokenizer(await modelDir(modelPath));
+    const tok = await openTokenizer(modelPath);
     const out: Record<string, unknown> = { model: modelPath };
     if (dataPath !== undefined) {
       const ids = await readDataset(dataPath, tok);

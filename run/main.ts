@@ -5,6 +5,12 @@
  * @module
  */
 import { deviceFlag, intFlag, type Options, parseFlags, UsageError } from "../cli/flags.ts";
+import {
+  checkPackable,
+  PACKED_FORMATS,
+  type PackedFormat,
+  scaleFormatOf,
+} from "../formats/packed.ts";
 import type { Method, MethodOptions, MethodRun } from "../methods/method.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { staticActivations } from "../stages/static_activations.ts";
@@ -55,6 +61,7 @@ export const COMMON_FLAGS = {
   tasks: { type: "string" },
   "task-limit": { type: "string" },
   device: { type: "string" },
+  format: { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean" },
   help: { type: "boolean" },
@@ -74,11 +81,27 @@ export const COMMON_USAGE = `common flags:
                        {"context", "choices", "gold"}, PIQA, ARC, HellaSwag, WinoGrande, BoolQ)
   --task-limit N       only the first N questions of each task
   --device D           cpu | webgpu | cuda (default cpu)
+  --format F           also write the model packed for other runtimes: gptq, compressed-tensors
+                       (directories beside the output) or gguf (model-Q4_0.gguf, …); scales are
+                       fp16 from the start, and the report gives the packed model's perplexity
+                       (RTN and GPTQ; see pipelines/export.ts for other methods' outputs)
   --json               print the report as one JSON object on stdout
   --quiet              no progress on stderr`;
 
 /** The part of a run the common flags decide. */
-export type CommonRun = Pick<QuantizeRun, "model" | "out" | "calib" | "eval" | "device" | "quiet">;
+export type CommonRun = Pick<
+  QuantizeRun,
+  "model" | "out" | "calib" | "eval" | "device" | "quiet" | "pack"
+>;
+
+/** The `--format` flag: a packed format, or undefined. */
+export function packedFormatFlag(v: unknown): PackedFormat | undefined {
+  if (v === undefined) return undefined;
+  if (!(PACKED_FORMATS as readonly unknown[]).includes(v)) {
+    throw new UsageError(`--format ${v}: expected one of ${PACKED_FORMATS.join(", ")}`);
+  }
+  return v as PackedFormat;
+}
 
 /** Reads the common flags; `d` fills in what they leave out. */
 export function commonRun(f: Record<string, unknown>, method: string, d: RunDefaults): CommonRun {
@@ -104,7 +127,33 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
     },
     device: deviceFlag(f.device),
     quiet: !!f.quiet,
+    pack: packedFormatFlag(f.format),
   };
+}
+
+/**
+ * A method's options with the scales a packed format stores, refusing before any work what the
+ * format cannot hold or a method whose quantizer cannot round its scales from the start.
+ */
+export function withPacking<O extends MethodOptions>(
+  m: Method<O>,
+  o: O,
+  format: PackedFormat | undefined,
+): O {
+  if (!format) return o;
+  if (!m.packRequest) {
+    throw new UsageError(
+      `--format ${format}: ${m.name} is not packed during the run (its grid is learned with ` +
+        `float32 scales); quantize with pipelines/rtn.ts or gptq.ts --format ${format}, or pack ` +
+        `this method's output with pipelines/export.ts --format ${format} (scales rounded to ` +
+        `fp16, the packed model's perplexity reported)`,
+    );
+  }
+  try {
+    return { ...o, scaleFormat: scaleFormatOf(checkPackable(format, m.packRequest(o))) };
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 /**
@@ -123,15 +172,17 @@ export function streamStages(plan: MethodRun, o: MethodOptions): MethodRun["stag
 
 /**
  * A method's run from its own flags alone (no common flags): what a benchmark or a test row
- * means by `--wbits 4 --act-order`, exactly as the command reads it.
+ * means by `--wbits 4 --act-order`, exactly as the command reads it; `pack` rounds its scales
+ * for a packed format, as `--format` does.
  */
 export function planFromFlags<O extends MethodOptions>(
   m: Method<O>,
   argv: string[],
   out: string,
+  pack?: PackedFormat,
 ): MethodRun {
   const f = parseFlags(argv, m.flags, usageOf(m));
-  const o = m.options(f);
+  const o = withPacking(m, m.options(f), pack);
   const plan = m.plan(o, out);
   return { ...plan, stages: streamStages(plan, o) };
 }
@@ -159,8 +210,8 @@ export async function methodMain<O extends MethodOptions>(
     console.log(usage);
     return;
   }
-  const o = m.options(f);
   const common = commonRun(f, m.name, defaults);
+  const o = withPacking(m, m.options(f), common.pack);
   const plan = m.plan(o, common.out);
   const report = await runQuantization({
     ...common,

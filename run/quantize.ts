@@ -10,7 +10,7 @@ import { Progress } from "../cli/progress.ts";
 import { blockGraphLoglikelihood } from "../eval/loglikelihood.ts";
 import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
 import { evaluateTasks, type TaskResult } from "../eval/zero_shot.ts";
-import { modelDir, openModel } from "../formats/open.ts";
+import { openModel, openTokenizer } from "../formats/open.ts";
 import { ModelWriter } from "../formats/writer.ts";
 import { RssMeter } from "../kernels/rss.ts";
 import { type Device, Runtime } from "../kernels/session.ts";
@@ -22,9 +22,10 @@ import type { RunContext } from "../stages/job.ts";
 import { blockSink, blockSource, ChainLink, runStream, type SinkResult } from "../stages/stream.ts";
 import { calibrationWindows } from "../text/calibration.ts";
 import { readDataset } from "../text/dataset.ts";
-import { loadTokenizer } from "../text/tokenizer.ts";
+import { checkPackShapes, evaluatePacked, packModel, type PackResult } from "./pack.ts";
 import { type QuantizeReport, taskReport, writeAtomically } from "./report.ts";
 import { reportHtml } from "./report_html.ts";
+import type { PackedFormat } from "../formats/packed.ts";
 
 /** Everything a pipeline run needs: what the method decided, and where and on what it runs. */
 export interface QuantizeRun extends MethodRun {
@@ -52,6 +53,11 @@ export interface QuantizeRun extends MethodRun {
   quiet?: boolean;
   /** Reuses tokenized texts and full-precision perplexities across runs in one process. */
   cache?: RunCache;
+  /**
+   * Also write the output packed in this format (`run/pack.ts`) and evaluate the packed model
+   * itself; the method's scales must already be rounded for it (`withPacking`).
+   */
+  pack?: PackedFormat;
 }
 
 /**
@@ -100,7 +106,8 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     const c = model.config;
     const seqlen = r.calib.seqlen ?? defaultSeqlen(model);
     checkSeqlen(c, seqlen);
-    const tok = await loadTokenizer(await modelDir(r.model));
+    if (r.pack) checkPackShapes(r.pack, c, 2 ** Math.ceil(r.wbits) - 1);
+    const tok = await openTokenizer(r.model);
     const cache = r.cache ?? new RunCache();
     const tokenized = (f: string) =>
       cache.memo(cache.ids, `${r.model}\0${f}`, () => readDataset(f, tok));
@@ -217,6 +224,18 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     for (const f of r.eval.files) {
       evalReport[f.replace(/^.*\//, "")] = { fp: fp[f], quant: quant[f] };
     }
+    let packed: PackResult | undefined;
+    if (r.pack) {
+      progress.log(`packing the output as ${r.pack}`);
+      packed = await time("pack", () => packModel(r.out, { format: r.pack! }));
+      const p = packed;
+      p.eval = await time("eval_packed", () =>
+        evaluatePacked(rt, p.path, r.eval.files, {
+          seqlen,
+          windows: r.eval.windows,
+          log: (m) => progress.log(m),
+        }));
+    }
     let bits = 0, weights = 0;
     for (const s of Object.values(sink.storage)) {
       bits += s.bits;
@@ -253,6 +272,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       peak_rss_by_phase: peaks,
       bits_by_layer: bitsByLayer,
       blocks: sink.reports,
+      ...(packed ? { packed } : {}),
     };
     await writeAtomically(`${r.out}/report.json`, JSON.stringify(report, null, 2) + "\n");
     await writeAtomically(`${r.out}/report.html`, reportHtml(report));

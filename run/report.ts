@@ -6,6 +6,7 @@
  */
 import type { TaskResult } from "../eval/zero_shot.ts";
 import type { StageReport } from "../stages/job.ts";
+import type { PackResult } from "./pack.ts";
 
 export { peakRss } from "../kernels/rss.ts";
 
@@ -50,6 +51,8 @@ export interface QuantizeReport {
   bits_by_layer?: Record<string, number>;
   /** Every stage report of every block, in order. */
   blocks: StageReport[];
+  /** The packed output (`--format`) and the perplexity of the packed model itself. */
+  packed?: PackResult;
 }
 
 /** The report's `tasks`: each task's full-precision and quantized results side by side. */
@@ -93,5 +96,15 @@ export function printReport(report: QuantizeReport, json: boolean): void {
     const pct = (v: number) => `${(100 * v).toFixed(2)} %`;
     const parts = t.fp.metrics.map((m) => `${m} ${pct(t.fp[m])} (fp) → ${pct(t.quant[m])}`);
     console.log(`  ${name}: ${parts.join(", ")} (${t.fp.questions} questions)`);
+  }
+  const p = report.packed;
+  if (p) {
+    console.log(
+      `  packed ${p.format}${p.gguf_type ? ` ${p.gguf_type}` : ""}: ${p.path} ` +
+        `(${(p.bytes / 2 ** 20).toFixed(2)} MiB, linears ${p.linears_exact ? "exact" : "rounded"})`,
+    );
+    for (const [name, ppl] of Object.entries(p.eval ?? {})) {
+      console.log(`  ${name}: perplexity of the packed model ${ppl.toFixed(4)}`);
+    }
   }
 }
