@@ -61,6 +61,7 @@ export {
   type Schedule,
 } from "./kernels/optim.ts";
 export { type KMeans1D, kmeans1d, type KMeans1DAssigned } from "./kernels/kmeans.ts";
+export { peakRss, RssMeter, type RssStretch } from "./kernels/rss.ts";
 
 // Formats: safetensors, Hugging Face directories, llama2.c, writers, ONNX (formats/).
 export {
@@ -76,7 +77,7 @@ export {
   writeSafetensors,
 } from "./formats/safetensors.ts";
 export { Checkpoint, CheckpointWriter, openCheckpoint } from "./formats/checkpoint.ts";
-export { modelDir, openModel } from "./formats/open.ts";
+export { modelDir, openModel, openTokenizer } from "./formats/open.ts";
 export { type ConfigExtras, ModelWriter } from "./formats/writer.ts";
 export {
   codeBits,
@@ -86,6 +87,74 @@ export {
   type QuantizedModel,
 } from "./formats/quantized.ts";
 export { exportOnnx, type ExportOptions } from "./formats/onnx.ts";
+export { packedWords, packInt32, unpackInt32 } from "./formats/bitpack.ts";
+export {
+  checkPackable,
+  type GgufGridType,
+  PACKED_FORMATS,
+  type PackedFormat,
+  type PackRequest,
+  roundGridScales,
+  roundScale,
+  type ScaleFormat,
+  scaleFormatOf,
+  toFp16,
+  TOOLKIT,
+} from "./formats/packed.ts";
+export {
+  contiguousGIdx,
+  dequantizeGrid,
+  type LinearCodec,
+  openPackedHf,
+  type PackedHfReport,
+  type PackedTensor,
+  writePackedHf,
+} from "./formats/packed_hf.ts";
+export { type GptqReport, openGptq, writeGptq } from "./formats/gptq.ts";
+export { openCompressedTensors, writeCompressedTensors } from "./formats/compressed_tensors.ts";
+export {
+  GGML_TYPES,
+  ggmlBytes,
+  type GgmlType,
+  ggmlType,
+  gguf,
+  type GgufEntry,
+  GgufFile,
+  type GgufMetadata,
+  type GgufScalar,
+  type GgufTensorInfo,
+  type GgufTensorPlan,
+  GgufValueType,
+  type GgufValueTypeCode,
+  GgufWriter,
+} from "./formats/gguf.ts";
+export {
+  type BlockStats,
+  dequantize,
+  floatsToBytes,
+  GRID_TYPES,
+  gridToBlocks,
+  type GridTypeName,
+} from "./formats/ggml_blocks.ts";
+export {
+  GGUF_BLOCK_NAMES,
+  ggufConfig,
+  type GgufLinears,
+  type GgufWriteOptions,
+  type GgufWriteReport,
+  openGguf,
+  readSpmVocab,
+  vocabFromGguf,
+  vocabMetadata,
+  writeGguf,
+  writeVocabGguf,
+} from "./formats/gguf_llama.ts";
+export {
+  halfToInterleaved,
+  interleavedToHalf,
+  permuteRows,
+  ropeRowOrder,
+} from "./formats/llama2c.ts";
 
 // Text: tokenizers, data files, chat templates, calibration windows (text/).
 export {
@@ -94,7 +163,14 @@ export {
   loadTokenizer,
   type TextTokenizer,
 } from "./text/tokenizer.ts";
-export { readDataset, type Windows, windows } from "./text/dataset.ts";
+export { type JsonLine, jsonLines, readDataset, type Windows, windows } from "./text/dataset.ts";
+export {
+  spmTokenizer,
+  type SpmVocab,
+  spmVocabFromHf,
+  spmVocabFromLlama2c,
+  TokenType,
+} from "./text/spm.ts";
 export { type ChatMessage, renderChat } from "./text/chat.ts";
 export {
   calibrationStarts,
@@ -129,7 +205,10 @@ export {
   type Activations,
   type BlockRunOptions,
   embed,
+  embedToFile,
   logits,
+  type NextTokenScores,
+  nextTokenScores,
   runBlock,
   windowNll,
 } from "./models/forward.ts";
@@ -253,9 +332,61 @@ export { loraMethod, type LoraOptions, QLLM, type QllmMethodOptions } from "./me
 // Evaluation (eval/).
 export { perplexity, type PerplexityOptions, type PerplexityResult } from "./eval/perplexity.ts";
 export { greedy, type GreedyOptions } from "./eval/generate.ts";
+export {
+  blockGraphLoglikelihood,
+  type BlockGraphScorerOptions,
+  type LogLikelihood,
+  type LoglikelihoodRequest,
+  type LoglikelihoodResult,
+  type ScoredSequence,
+  scoredSequence,
+  windowLength,
+} from "./eval/loglikelihood.ts";
+export {
+  type ChoiceRequest,
+  detectFormat,
+  hellaswagPreprocess,
+  parseTask,
+  type Question,
+  readTask,
+  type ReadTaskOptions,
+  TARGET_DELIMITER,
+  type Task,
+  type TaskFormat,
+  type TaskMetric,
+} from "./eval/tasks.ts";
+export {
+  encodePair,
+  evaluateTasks,
+  type EvaluateTasksOptions,
+  formatTaskResult,
+  meanStderr,
+  scoreTasks,
+  taskMetrics,
+  type TaskResult,
+  type TaskScores,
+} from "./eval/zero_shot.ts";
 
 // Runs: a whole quantization run, its report, a method's command (run/, cli/).
 export { type QuantizeRun, RunCache, runQuantization } from "./run/quantize.ts";
-export { printReport, type QuantizeReport } from "./run/report.ts";
-export { methodMain, planFromFlags, type RunDefaults } from "./run/main.ts";
+export { printReport, type QuantizeReport, taskReport, writeAtomically } from "./run/report.ts";
+export { htmlPage, reportHtml, runLabel } from "./run/report_html.ts";
+export { compareHtml, readRuns, type RunEntry } from "./run/compare.ts";
+export {
+  methodMain,
+  packedFormatFlag,
+  planFromFlags,
+  type RunDefaults,
+  withPacking,
+} from "./run/main.ts";
+export {
+  checkPackShapes,
+  evaluatePacked,
+  packAndEvaluate,
+  packModel,
+  type PackOptions,
+  packRequestOf,
+  type PackResult,
+  q8Grid,
+} from "./run/pack.ts";
 export { Progress } from "./cli/progress.ts";

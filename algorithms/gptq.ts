@@ -12,6 +12,7 @@ import { Graph } from "../kernels/graph.ts";
 import { inverseCholeskyUpperInPlace } from "../kernels/linalg.ts";
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
+import type { ScaleFormat } from "../formats/packed.ts";
 import { checkBits, fakeQuant, findParams, findParamsView, type QuantParams } from "./quantizer.ts";
 
 const f32 = Math.fround;
@@ -55,6 +56,8 @@ export interface GptqOptions {
   percdamp?: number;
   /** Shrink-grid search for the range minimising Σ|q−x|^2.4 instead of min-max (false). */
   mse?: boolean;
+  /** Scales rounded as a packed format stores them (fp16); absent: float32. */
+  scaleFormat?: ScaleFormat;
   /** Replaces the min-max quantizer of each column (CLAQ). */
   quantizeColumn?: ColumnQuantizerFactory;
   /** Retries of a failed Cholesky, each with 10× the damping, before falling back to RTN (3). */
@@ -116,7 +119,7 @@ export async function gptq(
   const hook = opts.quantizeColumn;
   if (!hook) checkBits(opts.bits);
   const { bits, actOrder } = opts;
-  const sym = opts.sym ?? false, mse = opts.mse ?? false;
+  const sym = opts.sym ?? false, mse = opts.mse ?? false, sf = opts.scaleFormat;
   const blockSize = opts.blockSize ?? 128;
   if (!Number.isInteger(blockSize) || blockSize < 1) {
     throw new Error(`gptq: bad block size ${blockSize}`);
@@ -127,12 +130,14 @@ export async function gptq(
   const g = opts.groupSize > 0 ? opts.groupSize : 0;
   const staticGroups = opts.staticGroups && g > 0;
 
-  const channel = !hook && g === 0 ? findParams(W.data, rows, cols, bits, sym, mse) : null;
+  const channel = !hook && g === 0 ? findParams(W.data, rows, cols, bits, sym, mse, sf) : null;
 
   const Wt = transposeToColumns(W.data, rows, cols);
   const diag = deadFixedDiagonal(H, cols);
   for (let i = 0; i < cols; i++) if (H[i * cols + i] === 0) Wt.fill(0, i * rows, (i + 1) * rows);
-  const fixed = !hook && staticGroups ? staticGroupParams(Wt, rows, cols, g, bits, sym, mse) : null;
+  const fixed = !hook && staticGroups
+    ? staticGroupParams(Wt, rows, cols, g, bits, sym, mse, sf)
+    : null;
 
   let perm: Int32Array | null = null;
   if (actOrder) {
@@ -197,7 +202,7 @@ export async function gptq(
             colStride: rows,
             offset: idx * rows,
           };
-          params = findParamsView(view, bits, sym, mse);
+          params = findParamsView(view, bits, sym, mse, sf);
           storeGroup(scale, zero, params, idx / g, nGroups);
         }
         blockParams.push(params!);
@@ -390,6 +395,7 @@ function staticGroupParams(
   bits: number,
   sym: boolean,
   mse: boolean,
+  sf?: ScaleFormat,
 ): QuantParams[] {
   const out: QuantParams[] = [];
   for (let c0 = 0; c0 < cols; c0 += g) {
@@ -405,6 +411,7 @@ function staticGroupParams(
       bits,
       sym,
       mse,
+      sf,
     ));
   }
   return out;

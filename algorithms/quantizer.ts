@@ -9,6 +9,7 @@
  * @module
  */
 import type { Tensor } from "../kernels/tensor.ts";
+import { roundScale, type ScaleFormat } from "../formats/packed.ts";
 
 const f32 = Math.fround;
 
@@ -25,6 +26,11 @@ export interface QuantSpec {
   groupSize: number;
   /** GPTQ's shrink-grid search for the range minimising Σ|q−x|^2.4. */
   mse?: boolean;
+  /**
+   * Scales rounded as a packed format stores them (fp16), before the zero points are derived
+   * from them; absent: float32, the reference's.
+   */
+  scaleFormat?: ScaleFormat;
 }
 
 /** Per-row quantization parameters. */
@@ -113,21 +119,28 @@ export function findParams(
   bits: number,
   sym: boolean,
   mse = false,
+  scaleFormat?: ScaleFormat,
 ): QuantParams {
   return findParamsView(
     { data: rowsData, rows, cols, rowStride: cols, colStride: 1, offset: 0 },
     bits,
     sym,
     mse,
+    scaleFormat,
   );
 }
 
-/** {@linkcode findParams} on a strided view (e.g. a column range of a column-major matrix). */
+/**
+ * {@linkcode findParams} on a strided view (e.g. a column range of a column-major matrix);
+ * `scaleFormat` rounds every scale (and every scale the MSE search tries) as a packed format
+ * stores it.
+ */
 export function findParamsView(
   v: MatrixView,
   bits: number,
   sym: boolean,
   mse = false,
+  scaleFormat?: ScaleFormat,
 ): QuantParams {
   const maxq = 2 ** bits - 1;
   const xmin = new Float32Array(v.rows);
@@ -148,9 +161,10 @@ export function findParamsView(
     xmin[r] = lo;
     xmax[r] = hi;
     scale[r] = f32(f32(hi - lo) / maxq);
+    if (scaleFormat) scale[r] = roundScale(scale[r], scaleFormat, maxq);
     zero[r] = sym ? (maxq + 1) / 2 : roundHalfEven(f32(-lo / scale[r]));
   }
-  if (mse) mseSearch(v, xmin, xmax, maxq, sym, scale, zero);
+  if (mse) mseSearch(v, xmin, xmax, maxq, sym, scale, zero, scaleFormat);
   return { scale, zero, maxq };
 }
 
@@ -178,6 +192,7 @@ function mseSearch(
   sym: boolean,
   scale: Float32Array,
   zero: Float32Array,
+  scaleFormat?: ScaleFormat,
 ): void {
   const { data, rows, cols, rowStride, colStride, offset } = v;
   const { norm, grid, maxShrink } = MSE_SEARCH;
@@ -188,7 +203,8 @@ function mseSearch(
     for (let i = 0; i < steps; i++) {
       const p = f32(1 - i / grid);
       const lo = f32(p * xmin[r]), hi = f32(p * xmax[r]);
-      const s = f32(f32(hi - lo) / maxq);
+      let s = f32(f32(hi - lo) / maxq);
+      if (scaleFormat) s = roundScale(s, scaleFormat, maxq);
       const z = sym ? zero[r] : roundHalfEven(f32(-lo / s));
       let err = 0;
       for (let j = 0; j < cols; j++) {
@@ -248,6 +264,7 @@ export function rtnWeight(W: Tensor, spec: QuantSpec): RtnResult {
       spec.bits,
       spec.sym,
       spec.mse,
+      spec.scaleFormat,
     );
     for (let r = 0; r < rows; r++) {
       scale[r * nGroups + k] = p.scale[r];

@@ -6,6 +6,7 @@
  */
 import { benchClaq } from "./claq.ts";
 import { benchEval } from "./eval.ts";
+import { benchFormats } from "./formats.ts";
 import { benchGptq } from "./gptq.ts";
 import { benchLearned } from "./learned.ts";
 import { benchMatmul } from "./matmul.ts";
@@ -39,6 +40,13 @@ export const BENCHMARKS: readonly Benchmark[] = [
     name: "qllm",
     description: "QLLM ablation: RTN, reassembly, LoRA, both, OmniQuant at W4A4/W4A8/W6A6 (README)",
     run: benchQllm,
+  },
+  {
+    name: "formats",
+    description:
+      "GGUF Q4_0/Q4_1/Q8_0: ours (RTN, GPTQ) vs llama-quantize by llama-perplexity and ours; " +
+      "decode tokens/s (README table)",
+    run: benchFormats,
   },
   {
     name: "rotation",

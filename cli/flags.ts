@@ -19,6 +19,15 @@ export function parseFlags<O extends Options>(argv: string[], options: O, usage:
   }
 }
 
+/** Parses argv against `options`, keeping positional arguments too. */
+export function parseFlagsAndArgs<O extends Options>(argv: string[], options: O, usage: string) {
+  try {
+    return parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\n\n${usage}`);
+  }
+}
+
 /** An error in how the program was called: printed without a stack trace. */
 export class UsageError extends Error {}
 

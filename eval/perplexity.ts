@@ -22,6 +22,12 @@ export interface PerplexityOptions {
   abits?: number;
   /** Per-token q/k/v fake quantization (bits); default: the model config's `kv_bits`. */
   kvBits?: number;
+  /**
+   * llama.cpp's `llama-perplexity` windows instead of PROTOCOL.md §3's: every window's first
+   * token replaced by this id (its BOS) and only the predictions from position seqlen/2 on
+   * scored (the second half of each window).
+   */
+  llamaCppBos?: number;
   /** Receives a progress line per block (none by default). */
   log?: (msg: string) => void;
   /** @deprecated Use `log`: `{ log: (m) => progress.log(m) }`. */
@@ -65,7 +71,12 @@ export async function perplexity(
   let W = Math.floor(ids.length / T);
   if (o.maxWindows !== undefined) W = Math.min(W, o.maxWindows);
   if (W === 0) throw new Error(`the data has ${ids.length} tokens: not one window of ${T}`);
-  const windowIds = ids.subarray(0, W * T);
+  let windowIds = ids.subarray(0, W * T);
+  if (o.llamaCppBos !== undefined) {
+    windowIds = windowIds.slice();
+    for (let w = 0; w < W; w++) windowIds[w * T] = o.llamaCppBos;
+  }
+  const from = o.llamaCppBos !== undefined ? T / 2 | 0 : 0;
   let x = embed(await model.embedding(), windowIds, T);
   for (let i = 0; i < c.layers; i++) {
     const log = o.log ?? (o.progress ? (m: string) => o.progress!.log(m) : undefined);
@@ -81,7 +92,16 @@ export async function perplexity(
       kvBits: o.kvBits ?? c.kvBits,
     });
   }
-  const nlls = await windowNll(rt, c, await model.finalNorm(), await model.head(), x, windowIds);
+  const nlls = await windowNll(
+    rt,
+    c,
+    await model.finalNorm(),
+    await model.head(),
+    x,
+    windowIds,
+    undefined,
+    from,
+  );
   let sum = 0;
   for (const v of nlls) sum += v;
   const nll = sum / W;
@@ -90,7 +110,7 @@ export async function perplexity(
     nll,
     windows: W,
     tokens: W * T,
-    tokensScored: W * (T - 1),
+    tokensScored: W * (T - 1 - from),
     perWindowNll: nlls,
     seconds: (performance.now() - t0) / 1000,
   };

@@ -123,17 +123,50 @@ function configFromHeader(path: string, h: Int32Array): ModelConfig {
   };
 }
 
+/**
+ * Row r of a head-major matrix in rotate-half order (Hugging Face) is row `order[r]` of the same
+ * matrix in interleaved order (llama2.c, llama.cpp): within each head, rotate-half row j < d/2 is
+ * interleaved row 2j and row j ≥ d/2 is row 2(j − d/2) + 1.
+ */
+export function ropeRowOrder(rows: number, headDim: number): Int32Array {
+  const half = headDim / 2;
+  return Int32Array.from({ length: rows }, (_, r) => {
+    const h = Math.floor(r / headDim), j = r % headDim;
+    return h * headDim + (j < half ? 2 * j : 2 * (j - half) + 1);
+  });
+}
+
+/** Rows `width` wide gathered (`out[r] = in[order[r]]`) or scattered (`out[order[r]] = in[r]`). */
+export function permuteRows<T extends Float32Array | Uint8Array>(
+  data: T,
+  width: number,
+  order: Int32Array,
+  scatter: boolean,
+): T {
+  const out = new (data.constructor as { new (n: number): T })(data.length);
+  for (let r = 0; r < order.length; r++) {
+    const [to, from] = scatter ? [order[r], r] : [r, order[r]];
+    out.set(data.subarray(from * width, (from + 1) * width), to * width);
+  }
+  return out;
+}
+
 /** Reorders the rows of each head from interleaved RoPE pairs to rotate-half pairs. */
 export function interleavedToHalf(w: Tensor, headDim: number): Tensor {
   const [rows, cols] = w.shape;
-  const out = new Float32Array(w.data.length);
-  const half = headDim / 2;
-  for (let r = 0; r < rows; r++) {
-    const h = Math.floor(r / headDim), j = r % headDim;
-    const src = h * headDim + (j < half ? 2 * j : 2 * (j - half) + 1);
-    out.set(w.data.subarray(src * cols, (src + 1) * cols), r * cols);
-  }
-  return { data: out, shape: [rows, cols] };
+  return {
+    data: permuteRows(w.data, cols, ropeRowOrder(rows, headDim), false),
+    shape: [rows, cols],
+  };
+}
+
+/** Reorders the rows of each head from rotate-half pairs to interleaved RoPE pairs. */
+export function halfToInterleaved(w: Tensor, headDim: number): Tensor {
+  const [rows, cols] = w.shape;
+  return {
+    data: permuteRows(w.data, cols, ropeRowOrder(rows, headDim), true),
+    shape: [rows, cols],
+  };
 }
 
 async function readAt(file: Deno.FsFile, pos: number, n: number): Promise<Uint8Array> {

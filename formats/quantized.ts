@@ -170,7 +170,7 @@ export async function openQuantized(dir: string): Promise<QuantizedModel> {
           }
         }
         const gIdx = learned.has(`${key}.g_idx`)
-          ? Int32Array.from((await learned.readRaw(`${key}.g_idx`)).data)
+          ? Int32Array.from((await learned.readRaw(`${key}.g_idx`)).data as Int32Array)
           : null;
         out[l] = gridOf(
           `${key}.weight`,

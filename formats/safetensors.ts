@@ -19,10 +19,10 @@ import type { Tensor } from "../kernels/tensor.ts";
 export type Dtype = "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
 
 /** The dtypes this module can write. */
-export type WritableDtype = "F32" | "F16" | "BF16" | "I32" | "I8" | "U8";
+export type WritableDtype = "F32" | "F16" | "BF16" | "I64" | "I32" | "I8" | "U8";
 
 /** Typed arrays exchanged with `readRaw` and `add`. */
-export type RawData = Float32Array | Int32Array | Int8Array | Uint8Array;
+export type RawData = Float32Array | BigInt64Array | Int32Array | Int8Array | Uint8Array;
 
 /** What the header says about one tensor. */
 export interface TensorInfo {
@@ -403,7 +403,7 @@ async function readHeader(
 // ---------------------------------------------------------------------------------------------
 // reader
 
-const READABLE: ReadonlySet<Dtype> = new Set(["F32", "F16", "BF16", "I32", "I8", "U8"]);
+const READABLE: ReadonlySet<Dtype> = new Set(["F32", "F16", "BF16", "I64", "I32", "I8", "U8"]);
 
 function viewAs(path: string, name: string, dtype: Dtype, bytes: Uint8Array): RawData {
   switch (dtype) {
@@ -413,6 +413,8 @@ function viewAs(path: string, name: string, dtype: Dtype, bytes: Uint8Array): Ra
       return decodeF16(new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2));
     case "BF16":
       return decodeBF16(new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2));
+    case "I64":
+      return new BigInt64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8);
     case "I32":
       return new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
     case "I8":
@@ -422,7 +424,7 @@ function viewAs(path: string, name: string, dtype: Dtype, bytes: Uint8Array): Ra
     default:
       throw new SafetensorsError(
         path,
-        `reading dtype ${dtype} is not supported (supported: F32, F16, BF16, I32, I8, U8)`,
+        `reading dtype ${dtype} is not supported (supported: F32, F16, BF16, I64, I32, I8, U8)`,
         name,
       );
   }
@@ -493,7 +495,8 @@ export class SafetensorsReader {
   }
 
   /**
-   * Reads a tensor in its stored form: I32 → Int32Array, I8 → Int8Array, U8 → Uint8Array;
+   * Reads a tensor in its stored form: I64 → BigInt64Array, I32 → Int32Array, I8 → Int8Array,
+   * U8 → Uint8Array;
    * F32/F16/BF16 → Float32Array. Other dtypes are an error.
    */
   async readRaw(name: string): Promise<RawTensor> {
@@ -539,6 +542,7 @@ const WRITABLE: Readonly<Record<WritableDtype, string>> = {
   F32: "Float32Array",
   F16: "Float32Array",
   BF16: "Float32Array",
+  I64: "BigInt64Array",
   I32: "Int32Array",
   I8: "Int8Array",
   U8: "Uint8Array",
@@ -546,6 +550,7 @@ const WRITABLE: Readonly<Record<WritableDtype, string>> = {
 
 function arrayKind(data: unknown): string {
   if (data instanceof Float32Array) return "Float32Array";
+  if (data instanceof BigInt64Array) return "BigInt64Array";
   if (data instanceof Int32Array) return "Int32Array";
   if (data instanceof Int8Array) return "Int8Array";
   if (data instanceof Uint8Array) return "Uint8Array";
@@ -676,7 +681,8 @@ export class SafetensorsWriter {
 
   /**
    * Appends one tensor. F16/BF16 take a Float32Array and round to nearest, ties to even;
-   * I32/I8/U8 take Int32Array/Int8Array/Uint8Array. Duplicate names and size mismatches throw.
+   * I64/I32/I8/U8 take BigInt64Array/Int32Array/Int8Array/Uint8Array. Duplicate names and size
+   * mismatches throw.
    */
   async add(
     name: string,

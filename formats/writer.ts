@@ -9,6 +9,7 @@ import { CheckpointWriter } from "./checkpoint.ts";
 import { type ModelConfig, toHfConfig } from "../models/config.ts";
 import type { BlockWeights } from "../models/source.ts";
 import { SafetensorsWriter } from "./safetensors.ts";
+import { readSpmVocab, writeVocabGguf } from "./gguf_llama.ts";
 
 const TOKENIZER_FILES = [
   "tokenizer.json",
@@ -121,8 +122,17 @@ export class ModelWriter {
   }
 }
 
-async function copyTokenizer(from: string, to: string): Promise<void> {
+/**
+ * Copies a model's tokenizer files (`tokenizer.json`, its config files, or a llama2.c
+ * `tok*.bin`) from the directory of `from` (a model directory or file) into `to`; a GGUF
+ * model's vocabulary becomes `tokenizer.gguf`.
+ */
+export async function copyTokenizer(from: string, to: string): Promise<void> {
   const st = await Deno.stat(from);
+  if (st.isFile && from.endsWith(".gguf")) {
+    // GGUF: its own vocabulary, as a vocabulary-only GGUF file.
+    return await writeVocabGguf(`${to}/tokenizer.gguf`, await readSpmVocab(from));
+  }
   const dir = st.isFile ? from.replace(/\/[^/]*$/, "") : from;
   let copied = 0;
   for (const name of TOKENIZER_FILES) {

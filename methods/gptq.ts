@@ -22,6 +22,8 @@ import {
   UNIFORM_USAGE,
   uniformFlags,
   type UniformOptions,
+  uniformPackRequest,
+  uniformQuantConfig,
   uniformStoredBits,
 } from "./rtn.ts";
 
@@ -54,6 +56,7 @@ export function gptqStage(o: GptqStageOptions): Stage {
         actOrder: o.actOrder,
         staticGroups: o.staticGroups,
         mse: o.mse,
+        scaleFormat: o.scaleFormat,
         percdamp: o.percdamp,
         blockSize: o.blockSize,
       });
@@ -114,13 +117,21 @@ export const GPTQ: Method<GptqMethodOptions> = {
     },
     activations: activationFlags(f),
   }),
-  plan: ({ gptq, activations }) => ({
+  plan: ({ gptq, activations, scaleFormat }) => ({
     method: "gptq",
     wbits: gptq.bits,
     abits: activations.abits,
     kvBits: activations.kvBits,
     groupSize: gptq.groupSize,
-    settings: { ...gptq },
-    stages: () => [gptqStage(gptq)],
+    settings: { ...gptq, ...(scaleFormat ? { scale_format: scaleFormat } : {}) },
+    quantConfig: {
+      ...uniformQuantConfig(gptq, scaleFormat),
+      desc_act: gptq.actOrder,
+      static_groups: gptq.staticGroups,
+      true_sequential: gptq.trueSequential,
+      damp_percent: gptq.percdamp ?? 0.01,
+    },
+    stages: () => [gptqStage({ ...gptq, scaleFormat })],
   }),
+  packRequest: ({ gptq, activations }) => uniformPackRequest("gptq", gptq, activations),
 };

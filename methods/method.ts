@@ -6,6 +6,7 @@
  * @module
  */
 import type { Options } from "../cli/flags.ts";
+import type { PackRequest, ScaleFormat } from "../formats/packed.ts";
 import type { RunContext, Stage } from "../stages/job.ts";
 import type { ActivationOptions } from "./flags.ts";
 
@@ -35,6 +36,11 @@ export interface MethodRun {
 export interface MethodOptions {
   /** `--abits`, `--kv-bits`, `--act-scheme`. */
   activations: ActivationOptions;
+  /**
+   * Scales rounded as the packed format asked for (`--format`) stores them, from the start;
+   * absent: float32. Set by the command for methods with a {@linkcode Method.packRequest}.
+   */
+  scaleFormat?: ScaleFormat;
 }
 
 /** A method's command line: what `methodMain` needs to run it from flags. */
@@ -56,4 +62,9 @@ export interface Method<O extends MethodOptions = MethodOptions> {
   options(f: Record<string, unknown>): O;
   /** The run these options make; `out` is the output directory (checkpoints go beside it). */
   plan(o: O, out: string): MethodRun;
+  /**
+   * What a packed format would have to hold (`--format`), for methods whose quantizer can
+   * round its scales as the format stores them from the start; absent: `--format` is refused.
+   */
+  packRequest?(o: O): PackRequest;
 }

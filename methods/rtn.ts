@@ -10,11 +10,13 @@ import {
   ACTIVATION_FLAGS,
   ACTIVATION_USAGE,
   activationFlags,
+  type ActivationOptions,
   WEIGHT_FLAGS,
   WEIGHT_USAGE,
   weightFlags,
 } from "./flags.ts";
 import type { Method, MethodOptions } from "./method.ts";
+import type { PackRequest, ScaleFormat } from "../formats/packed.ts";
 
 /** Uniform weight quantization settings shared by RTN and GPTQ. */
 export interface UniformOptions {
@@ -26,6 +28,8 @@ export interface UniformOptions {
   sym?: boolean;
   /** GPTQ's MSE range search instead of min-max. */
   mse?: boolean;
+  /** Scales rounded as a packed format stores them (fp16) from the start; absent: float32. */
+  scaleFormat?: ScaleFormat;
   /**
    * Accept a group size that does not divide a layer's input width, the last group being
    * shorter (how the reference handles stories260k's 172-wide down_proj). Packed exports need
@@ -66,7 +70,13 @@ export function rtn(o: UniformOptions): Stage {
     quantize(_ctx, layer, W, _H, block) {
       const [rows, cols] = W.shape;
       checkUniformGroups(o, layer, cols, block);
-      const r = rtnWeight(W, { bits: o.bits, groupSize: o.groupSize, sym: !!o.sym, mse: o.mse });
+      const r = rtnWeight(W, {
+        bits: o.bits,
+        groupSize: o.groupSize,
+        sym: !!o.sym,
+        mse: o.mse,
+        scaleFormat: o.scaleFormat,
+      });
       return Promise.resolve({
         weight: r.weight,
         learned: {
@@ -107,6 +117,39 @@ export function uniformFlags(f: Record<string, unknown>, maxBits: number): Unifo
   };
 }
 
+/**
+ * What a packed format must hold for a uniform run: `maxq`, groups, symmetry; act-order
+ * without static groups scatters the groups.
+ */
+export function uniformPackRequest(
+  method: string,
+  u: UniformOptions & { actOrder?: boolean; staticGroups?: boolean },
+  a: ActivationOptions,
+): PackRequest {
+  const extras = [
+    ...(a.abits < 16 ? [`${a.abits}-bit activations`] : []),
+    ...(a.kvBits !== undefined && a.kvBits < 16 ? [`${a.kvBits}-bit q/k/v`] : []),
+    ...(a.staticActs ? ["static activation ranges"] : []),
+  ];
+  return {
+    method,
+    maxq: 2 ** u.bits - 1,
+    groupSize: u.groupSize,
+    sym: !!u.sym,
+    scatteredGroups: !!u.actOrder && u.groupSize > 0 && !u.staticGroups,
+    notUniform: u.bits >= 16 ? "it is not quantized (--wbits 16)" : null,
+    runtimeExtras: extras.length ? extras.join(", ") : null,
+  };
+}
+
+/** The `quantization_config` fields a uniform run adds (what packed exports need to know). */
+export function uniformQuantConfig(
+  u: UniformOptions,
+  scaleFormat: ScaleFormat | undefined,
+): Record<string, unknown> {
+  return { sym: !!u.sym, scale_format: scaleFormat ?? "float32" };
+}
+
 /** RTN's options. */
 export interface RtnMethodOptions extends MethodOptions {
   /** The weight quantizer. */
@@ -121,13 +164,19 @@ export const RTN: Method<RtnMethodOptions> = {
   usage: [WEIGHT_USAGE, UNIFORM_USAGE, ACTIVATION_USAGE].join("\n"),
   layerwise: true,
   options: (f) => ({ uniform: uniformFlags(f, 16), activations: activationFlags(f) }),
-  plan: ({ uniform, activations }) => ({
+  plan: ({ uniform, activations, scaleFormat }) => ({
     method: "rtn",
     wbits: uniform.bits,
     abits: activations.abits,
     kvBits: activations.kvBits,
     groupSize: uniform.groupSize,
-    settings: { ...uniform, act_scheme: activations.staticActs ? "static" : "token" },
-    stages: () => [rtn(uniform)],
+    settings: {
+      ...uniform,
+      act_scheme: activations.staticActs ? "static" : "token",
+      ...(scaleFormat ? { scale_format: scaleFormat } : {}),
+    },
+    quantConfig: uniformQuantConfig(uniform, scaleFormat),
+    stages: () => [rtn({ ...uniform, scaleFormat })],
   }),
+  packRequest: ({ uniform, activations }) => uniformPackRequest("rtn", uniform, activations),
 };

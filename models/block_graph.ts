@@ -341,6 +341,11 @@ export interface HeadGraphOptions {
   seqlen: number;
   /** `nll`: per-token negative log-likelihood of `targets` [B, T−1]; `logits`: [B, T, V]. */
   output: "nll" | "logits";
+  /**
+   * With `nll`: also output `greedy` [B, T−1], 1 where the target is the most likely token
+   * (the first one on ties, as ArgMax and torch's argmax pick) and 0 elsewhere.
+   */
+  greedy?: boolean;
 }
 
 /** Final RMSNorm + lm_head, then NLL of the next tokens or the raw logits. */
@@ -361,6 +366,10 @@ export function buildHeadGraph(c: ModelConfig, o: HeadGraphOptions): Uint8Array 
       axis: 2,
     });
     g.output(g.op("Neg", [g.reshape(picked, [B, T - 1])]), "nll");
+    if (o.greedy) {
+      const best = g.op("ArgMax", [lp], { axis: -1, keepdims: 0 });
+      g.output(g.op("Cast", [g.op("Equal", [best, targets])], { to: DType.float32 }), "greedy");
+    }
   }
   return g.toBytes();
 }

@@ -66,6 +66,23 @@ export function embed(
   return { data: out, shape: [ids.length / seqlen, seqlen, d] };
 }
 
+/** Embeds windows of `seqlen` tokens straight into an activation file, a window at a time. */
+export function embedToFile(
+  table: Tensor,
+  ids: Int32Array,
+  seqlen: number,
+  path: string,
+): ActivationFile {
+  const windows = ids.length / seqlen, d = table.shape[1];
+  const file = ActivationFile.create(path, [windows, seqlen, d]);
+  const buf = new Float32Array(seqlen * d);
+  for (let w = 0; w < windows; w++) {
+    embed(table, ids.subarray(w * seqlen, (w + 1) * seqlen), seqlen, buf);
+    file.write(w, buf);
+  }
+  return file;
+}
+
 /**
  * Calibration activations entering or leaving a block, `[windows, seqlen, hidden]`: in memory,
  * or offloaded to a file (read and written a batch at a time).
@@ -301,9 +318,55 @@ async function forEachBatch(
   if (long) await rt.releaseGraph(graph);
 }
 
+/** Per-position next-token figures of windows [W, T]: position t scores token t + 1. */
+export interface NextTokenScores {
+  /** −log p(token t+1 | tokens ≤ t), float32 from the head graph, [W, T−1]. */
+  nll: Float32Array;
+  /** 1 where token t+1 is the most likely next token (first on ties), else 0; [W, T−1]. */
+  greedy?: Float32Array;
+}
+
 /**
- * Mean next-token NLL of each window (positions 0..T−2 predict 1..T−1), the per-token values
- * computed in float32 by the head graph and averaged in float64 (PROTOCOL.md §3).
+ * Next-token NLL (and, with `greedy`, whether each next token is the argmax) at every position
+ * of windows whose last hidden states are x [W, T, d] and whose tokens are `ids` [W·T].
+ */
+export async function nextTokenScores(
+  rt: Runtime,
+  c: ModelConfig,
+  norm: Tensor,
+  head: Tensor,
+  x: Tensor,
+  ids: ArrayLike<number>,
+  o: { batch?: number; greedy?: boolean } = {},
+): Promise<NextTokenScores> {
+  const [W, T, d] = x.shape;
+  const batch = o.batch ?? Math.max(1, Math.min(64, Math.floor(16e6 / (4 * T * c.vocab))));
+  const nll = new Float32Array(W * (T - 1));
+  const greedy = o.greedy ? new Float32Array(W * (T - 1)) : undefined;
+  for (let w0 = 0; w0 < W; w0 += batch) {
+    const b = Math.min(batch, W - w0);
+    const targets = new BigInt64Array(b * (T - 1));
+    for (let i = 0; i < b; i++) {
+      for (let t = 0; t < T - 1; t++) targets[i * (T - 1) + t] = BigInt(ids[(w0 + i) * T + t + 1]);
+    }
+    const graph = buildHeadGraph(c, { batch: b, seqlen: T, output: "nll", greedy: o.greedy });
+    const r = await rt.run(graph, {
+      x: { data: x.data.subarray(w0 * T * d, (w0 + b) * T * d), shape: [b, T, d] },
+      norm,
+      head,
+      targets: { int64: targets, shape: [b, T - 1] },
+    });
+    nll.set(r.nll.data, w0 * (T - 1));
+    greedy?.set(r.greedy.data, w0 * (T - 1));
+  }
+  return { nll, greedy };
+}
+
+/**
+ * Mean next-token NLL of each window (positions 0..T−2 predict 1..T−1; with `from`, only
+ * positions from..T−2, as llama.cpp's perplexity scores the second half of each window), the
+ * per-token values computed in float32 by the head graph and averaged in float64
+ * (PROTOCOL.md §3).
  */
 export async function windowNll(
   rt: Runtime,
@@ -313,28 +376,15 @@ export async function windowNll(
   x: Tensor,
   ids: ArrayLike<number>,
   batch?: number,
+  from = 0,
 ): Promise<Float64Array> {
-  const [W, T, d] = x.shape;
-  batch ??= Math.max(1, Math.min(64, Math.floor(16e6 / (4 * T * c.vocab))));
+  const [W, T] = x.shape;
+  const { nll } = await nextTokenScores(rt, c, norm, head, x, ids, { batch });
   const result = new Float64Array(W);
-  for (let w0 = 0; w0 < W; w0 += batch) {
-    const b = Math.min(batch, W - w0);
-    const targets = new BigInt64Array(b * (T - 1));
-    for (let i = 0; i < b; i++) {
-      for (let t = 0; t < T - 1; t++) targets[i * (T - 1) + t] = BigInt(ids[(w0 + i) * T + t + 1]);
-    }
-    const graph = buildHeadGraph(c, { batch: b, seqlen: T, output: "nll" });
-    const r = await rt.run(graph, {
-      x: { data: x.data.subarray(w0 * T * d, (w0 + b) * T * d), shape: [b, T, d] },
-      norm,
-      head,
-      targets: { int64: targets, shape: [b, T - 1] },
-    });
-    for (let i = 0; i < b; i++) {
-      let s = 0;
-      for (let t = 0; t < T - 1; t++) s += r.nll.data[i * (T - 1) + t];
-      result[w0 + i] = s / (T - 1);
-    }
+  for (let w = 0; w < W; w++) {
+    let s = 0;
+    for (let t = from; t < T - 1; t++) s += nll[w * (T - 1) + t];
+    result[w] = s / (T - 1 - from);
   }
   return result;
 }

@@ -18,8 +18,11 @@ export type BlockWeights = Record<string, Tensor>;
 export interface ModelSource {
   /** The directory or file it was opened from. */
   readonly path: string;
-  /** `hf` for a Hugging Face directory, `llama2c` for a llama2.c checkpoint. */
-  readonly format: "hf" | "llama2c";
+  /**
+   * `hf` for a Hugging Face directory, `llama2c` for a llama2.c checkpoint, `gptq` and
+   * `compressed-tensors` for packed Hugging Face checkpoints, `gguf` for a llama.cpp file.
+   */
+  readonly format: "hf" | "llama2c" | "gptq" | "compressed-tensors" | "gguf";
   /** The model's shape and options. */
   readonly config: ModelConfig;
   /** Token embedding [vocab, hidden]. */

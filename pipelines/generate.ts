@@ -6,10 +6,9 @@
  */
 import { greedy } from "../eval/generate.ts";
 import { DEFAULT_MODEL } from "../fixtures/paths.ts";
-import { modelDir, openModel } from "../formats/open.ts";
+import { openModel, openTokenizer } from "../formats/open.ts";
 import { Runtime } from "../kernels/session.ts";
 import { deviceFlag, intFlag, parseFlags, runMain } from "../cli/flags.ts";
-import { loadTokenizer } from "../text/tokenizer.ts";
 
 const USAGE = `usage: deno run -A pipelines/generate.ts [--model DIR] [--prompt TEXT] [--tokens N]
        [--abits B] [--device cpu|webgpu|cuda]`;
@@ -28,7 +27,7 @@ async function main(argv: string[]) {
   const rt = new Runtime(deviceFlag(f.device));
   const model = await openModel(path);
   try {
-    const tok = await loadTokenizer(await modelDir(path));
+    const tok = await openTokenizer(path);
     const prompt = f.prompt === undefined ? [tok.bos] : tok.encode(f.prompt as string);
     const ids = await greedy(rt, model, prompt, {
       tokens: intFlag(f.tokens, "--tokens", 64),

@@ -7,6 +7,12 @@
 import { deviceFlag, intFlag, type Options, parseFlags, UsageError } from "../cli/flags.ts";
 import type { RotateOptions } from "../algorithms/rotation.ts";
 import { ROTATION_FLAGS, ROTATION_USAGE, rotationFlags } from "../methods/flags.ts";
+import {
+  checkPackable,
+  PACKED_FORMATS,
+  type PackedFormat,
+  scaleFormatOf,
+} from "../formats/packed.ts";
 import type { Method, MethodOptions, MethodRun } from "../methods/method.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { clipActivations, rotate } from "../stages/rotate.ts";
@@ -55,7 +61,10 @@ export const COMMON_FLAGS = {
   seed: { type: "string" },
   eval: { type: "string" },
   "eval-windows": { type: "string" },
+  tasks: { type: "string" },
+  "task-limit": { type: "string" },
   device: { type: "string" },
+  format: { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean" },
   help: { type: "boolean" },
@@ -71,12 +80,31 @@ export const COMMON_USAGE = `common flags:
   --seed N             calibration seed (0)
   --eval A,B           evaluation files or val | wikitext2 | c4 (default: val)
   --eval-windows N     evaluate the first N windows only (PROTOCOL.md's tables use 256)
+  --tasks A,B          zero-shot accuracy before and after on these task files (JSON lines:
+                       {"context", "choices", "gold"}, PIQA, ARC, HellaSwag, WinoGrande, BoolQ)
+  --task-limit N       only the first N questions of each task
   --device D           cpu | webgpu | cuda (default cpu)
+  --format F           also write the model packed for other runtimes: gptq, compressed-tensors
+                       (directories beside the output) or gguf (model-Q4_0.gguf, …); scales are
+                       fp16 from the start, and the report gives the packed model's perplexity
+                       (RTN and GPTQ; see pipelines/export.ts for other methods' outputs)
   --json               print the report as one JSON object on stdout
   --quiet              no progress on stderr`;
 
 /** The part of a run the common flags decide. */
-export type CommonRun = Pick<QuantizeRun, "model" | "out" | "calib" | "eval" | "device" | "quiet">;
+export type CommonRun = Pick<
+  QuantizeRun,
+  "model" | "out" | "calib" | "eval" | "device" | "quiet" | "pack"
+>;
+
+/** The `--format` flag: a packed format, or undefined. */
+export function packedFormatFlag(v: unknown): PackedFormat | undefined {
+  if (v === undefined) return undefined;
+  if (!(PACKED_FORMATS as readonly unknown[]).includes(v)) {
+    throw new UsageError(`--format ${v}: expected one of ${PACKED_FORMATS.join(", ")}`);
+  }
+  return v as PackedFormat;
+}
 
 /** Reads the common flags; `d` fills in what they leave out. */
 export function commonRun(f: Record<string, unknown>, method: string, d: RunDefaults): CommonRun {
@@ -95,10 +123,40 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
       windows: f["eval-windows"] === undefined
         ? undefined
         : intFlag(f["eval-windows"], "--eval-windows"),
+      tasks: ((f.tasks as string | undefined) ?? "").split(",").filter((s) => s),
+      taskLimit: f["task-limit"] === undefined
+        ? undefined
+        : intFlag(f["task-limit"], "--task-limit"),
     },
     device: deviceFlag(f.device),
     quiet: !!f.quiet,
+    pack: packedFormatFlag(f.format),
   };
+}
+
+/**
+ * A method's options with the scales a packed format stores, refusing before any work what the
+ * format cannot hold or a method whose quantizer cannot round its scales from the start.
+ */
+export function withPacking<O extends MethodOptions>(
+  m: Method<O>,
+  o: O,
+  format: PackedFormat | undefined,
+): O {
+  if (!format) return o;
+  if (!m.packRequest) {
+    throw new UsageError(
+      `--format ${format}: ${m.name} is not packed during the run (its grid is learned with ` +
+        `float32 scales); quantize with pipelines/rtn.ts or gptq.ts --format ${format}, or pack ` +
+        `this method's output with pipelines/export.ts --format ${format} (scales rounded to ` +
+        `fp16, the packed model's perplexity reported)`,
+    );
+  }
+  try {
+    return { ...o, scaleFormat: scaleFormatOf(checkPackable(format, m.packRequest(o))) };
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 /**
@@ -122,14 +180,24 @@ export function streamStages(
   ];
 }
 
-/** A method's run from parsed flags: its plan with the run-wide stages and the rotation. */
+/**
+ * A method's run from parsed flags: its plan with the run-wide stages and the rotation, its
+ * scales rounded for a packed format when `pack` asks.
+ */
 function methodRun<O extends MethodOptions>(
   m: Method<O>,
   f: Record<string, unknown>,
   out: string,
+  pack: PackedFormat | undefined,
 ): MethodRun & { rotation?: RotateOptions } {
-  const o = m.options(f);
+  const o = withPacking(m, m.options(f), pack);
   const rotation = rotationFlags(f);
+  if (rotation && pack) {
+    throw new UsageError(
+      `--format ${pack} cannot hold --rotate's online rotations (down_proj's input, q/k); ` +
+        "export a rotated model with pipelines/export.ts (ONNX), which applies them",
+    );
+  }
   const plan = m.plan(o, out);
   return {
     ...plan,
@@ -141,14 +209,16 @@ function methodRun<O extends MethodOptions>(
 
 /**
  * A method's run from its own flags alone (no common flags): what a benchmark or a test row
- * means by `--wbits 4 --act-order`, exactly as the command reads it.
+ * means by `--wbits 4 --act-order`, exactly as the command reads it; `pack` rounds its scales
+ * for a packed format, as `--format` does.
  */
 export function planFromFlags<O extends MethodOptions>(
   m: Method<O>,
   argv: string[],
   out: string,
+  pack?: PackedFormat,
 ): MethodRun {
-  return methodRun(m, parseFlags(argv, { ...m.flags, ...ROTATION_FLAGS }, usageOf(m)), out);
+  return methodRun(m, parseFlags(argv, { ...m.flags, ...ROTATION_FLAGS }, usageOf(m)), out, pack);
 }
 
 /** The usage text of a method's command. */
@@ -179,7 +249,7 @@ export async function methodMain<O extends MethodOptions>(
   const common = commonRun(f, m.name, defaults);
   const report = await runQuantization({
     ...common,
-    ...methodRun(m, f, common.out),
+    ...methodRun(m, f, common.out, common.pack),
     offloadActivations: m.layerwise ? offloadFlag(f) : false,
   });
   printReport(report, !!f.json);

@@ -14,21 +14,25 @@ import {
 } from "../algorithms/rotation.ts";
 import { UsageError } from "../cli/flags.ts";
 import { Progress } from "../cli/progress.ts";
+import { blockGraphLoglikelihood } from "../eval/loglikelihood.ts";
 import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
-import { modelDir, openModel } from "../formats/open.ts";
+import { evaluateTasks, type TaskResult } from "../eval/zero_shot.ts";
+import { openModel, openTokenizer } from "../formats/open.ts";
 import { ModelWriter } from "../formats/writer.ts";
+import { RssMeter } from "../kernels/rss.ts";
 import { type Device, Runtime } from "../kernels/session.ts";
-import type { Tensor } from "../kernels/tensor.ts";
 import type { MethodRun } from "../methods/method.ts";
 import { ActivationFile } from "../models/activation_file.ts";
 import { checkSeqlen } from "../models/config.ts";
-import { embed } from "../models/forward.ts";
+import { embed, embedToFile } from "../models/forward.ts";
 import type { RunContext } from "../stages/job.ts";
 import { blockSink, blockSource, ChainLink, runStream, type SinkResult } from "../stages/stream.ts";
 import { calibrationWindows } from "../text/calibration.ts";
 import { readDataset } from "../text/dataset.ts";
-import { loadTokenizer } from "../text/tokenizer.ts";
-import { peakRss, type QuantizeReport } from "./report.ts";
+import { checkPackShapes, evaluatePacked, packModel, type PackResult } from "./pack.ts";
+import { type QuantizeReport, taskReport, writeAtomically } from "./report.ts";
+import { reportHtml } from "./report_html.ts";
+import type { PackedFormat } from "../formats/packed.ts";
 
 /** Everything a pipeline run needs: what the method decided, and where and on what it runs. */
 export interface QuantizeRun extends MethodRun {
@@ -50,14 +54,22 @@ export interface QuantizeRun extends MethodRun {
   offloadActivations?: boolean | "auto";
   /** Calibration data: text file, windows, window length (default min(256, max positions)), seed. */
   calib: { file: string; nsamples: number; seqlen?: number; seed: number };
-  /** Evaluation texts and windows per text (default all). */
-  eval: { files: string[]; windows?: number };
+  /**
+   * Evaluation texts and windows per text (default all); zero-shot task files and questions per
+   * task (default all).
+   */
+  eval: { files: string[]; windows?: number; tasks?: string[]; taskLimit?: number };
   /** Execution device (cpu). */
   device?: Device;
   /** No progress lines on stderr. */
   quiet?: boolean;
   /** Reuses tokenized texts and full-precision perplexities across runs in one process. */
   cache?: RunCache;
+  /**
+   * Also write the output packed in this format (`run/pack.ts`) and evaluate the packed model
+   * itself; the method's scales must already be rounded for it (`withPacking`).
+   */
+  pack?: PackedFormat;
 }
 
 /**
@@ -69,6 +81,8 @@ export class RunCache {
   readonly ids: Map<string, Int32Array> = new Map();
   /** Full-precision perplexity by model, text file, window length and window count. */
   readonly fpPpl: Map<string, number> = new Map();
+  /** Full-precision zero-shot results by model, task files and question limit. */
+  readonly fpTasks: Map<string, Record<string, TaskResult>> = new Map();
 
   /** Memoizes `f` under `key` in `map`. */
   async memo<T>(map: Map<string, T>, key: string, f: () => Promise<T>): Promise<T> {
@@ -85,13 +99,18 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
   const progress = new Progress(r.quiet);
   const rt = new Runtime(r.device ?? "cpu");
   const model = await openModel(r.model);
+  const rss = new RssMeter();
   const timing: Record<string, number> = {};
+  const peaks: Record<string, number> = {};
   const time = async <T>(key: string, f: () => Promise<T>): Promise<T> => {
     const t = performance.now();
+    const stretch = rss.start();
     try {
       return await f();
     } finally {
       timing[key] = (timing[key] ?? 0) + (performance.now() - t) / 1000;
+      const peak = stretch.stop();
+      if (peak !== undefined) peaks[key] = Math.max(peaks[key] ?? 0, peak);
     }
   };
   let writer: ModelWriter | null = null;
@@ -99,7 +118,8 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     const c = model.config;
     const seqlen = r.calib.seqlen ?? defaultSeqlen(model);
     checkSeqlen(c, seqlen);
-    const tok = await loadTokenizer(await modelDir(r.model));
+    if (r.pack) checkPackShapes(r.pack, c, 2 ** Math.ceil(r.wbits) - 1);
+    const tok = await openTokenizer(r.model);
     const cache = r.cache ?? new RunCache();
     const tokenized = (f: string) =>
       cache.memo(cache.ids, `${r.model}\0${f}`, () => readDataset(f, tok));
@@ -118,6 +138,20 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         );
       }
     });
+    const taskFiles = r.eval.tasks ?? [];
+    const tasks = (m: typeof model) =>
+      evaluateTasks(blockGraphLoglikelihood(rt, m), tok, taskFiles, {
+        limit: r.eval.taskLimit,
+        log: (msg) => progress.log(msg),
+      });
+    const fpTasks = taskFiles.length
+      ? await time("tasks_fp", () =>
+        cache.memo(
+          cache.fpTasks,
+          [r.model, ...taskFiles, r.eval.taskLimit].join("\0"),
+          () => tasks(model),
+        ))
+      : {};
 
     const calibIds = await tokenized(r.calib.file);
     const calib = calibrationWindows(calibIds, r.calib.nsamples, seqlen, r.calib.seed);
@@ -133,6 +167,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       kvBits: r.kvBits,
       log: (m) => progress.log(m),
       rotations,
+      rss,
     };
     const chainBytes = calib.data.length * c.hidden * 4;
     const offload = offloadDecision(r.offloadActivations ?? "auto", !!r.teacher, chainBytes);
@@ -193,6 +228,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     writer = null;
 
     const quant: Record<string, number> = {};
+    let quantTasks: Record<string, TaskResult> = {};
     const outModel = await openModel(r.out);
     try {
       await time("eval_quant", async () => {
@@ -202,6 +238,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
             .ppl;
         }
       });
+      if (taskFiles.length) quantTasks = await time("tasks_quant", () => tasks(outModel));
     } finally {
       outModel.close();
     }
@@ -209,13 +246,31 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     for (const f of r.eval.files) {
       evalReport[f.replace(/^.*\//, "")] = { fp: fp[f], quant: quant[f] };
     }
+    let packed: PackResult | undefined;
+    if (r.pack) {
+      progress.log(`packing the output as ${r.pack}`);
+      packed = await time("pack", () => packModel(r.out, { format: r.pack! }));
+      const p = packed;
+      p.eval = await time("eval_packed", () =>
+        evaluatePacked(rt, p.path, r.eval.files, {
+          seqlen,
+          windows: r.eval.windows,
+          log: (m) => progress.log(m),
+        }));
+    }
     let bits = 0, weights = 0;
     for (const s of Object.values(sink.storage)) {
       bits += s.bits;
       weights += s.weights;
     }
+    const bitsByLayer: Record<string, number> = {};
+    for (const [k, s] of Object.entries(sink.storage)) bitsByLayer[k] = s.bits / s.weights;
     for (const rep of sink.reports) {
-      timing[`stage_${rep.stage}`] = (timing[`stage_${rep.stage}`] ?? 0) + rep.seconds;
+      const stage = `stage_${rep.stage}`;
+      timing[stage] = (timing[stage] ?? 0) + rep.seconds;
+      if (typeof rep.peak_rss_bytes === "number") {
+        peaks[stage] = Math.max(peaks[stage] ?? 0, rep.peak_rss_bytes);
+      }
       for (const k of ["hessian_seconds", "quantize_seconds"]) {
         if (typeof rep[k] === "number") timing[k] = (timing[k] ?? 0) + (rep[k] as number);
       }
@@ -227,21 +282,27 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       group_size: r.groupSize,
       bits_per_weight: weights ? bits / weights : 32,
       seconds: (performance.now() - t0) / 1000,
-      peak_rss_bytes: peakRss(),
+      peak_rss_bytes: rss.peak(),
       eval: evalReport,
+      ...(taskFiles.length ? { tasks: taskReport(fpTasks, quantTasks) } : {}),
       model: r.model,
       out: r.out,
       settings: r.settings ?? {},
       activations: offload ? "file" : "memory",
       calibration: { ...r.calib, seqlen, starts: calib.starts },
       timing,
+      peak_rss_by_phase: peaks,
+      bits_by_layer: bitsByLayer,
       blocks: sink.reports,
+      ...(packed ? { packed } : {}),
     };
-    const tmp = `${r.out}/report.json.tmp`;
-    await Deno.writeTextFile(tmp, JSON.stringify(report, null, 2) + "\n");
-    await Deno.rename(tmp, `${r.out}/report.json`);
+    await writeAtomically(`${r.out}/report.json`, JSON.stringify(report, null, 2) + "\n");
+    await writeAtomically(`${r.out}/report.html`, reportHtml(report));
     for (const [name, e] of Object.entries(evalReport)) {
       progress.log(`${name}: perplexity ${e.fp.toFixed(3)} → ${e.quant.toFixed(3)}`);
+    }
+    for (const [name, t] of Object.entries(report.tasks ?? {})) {
+      progress.log(`${name}: acc ${t.fp.acc.toFixed(4)} → ${t.quant.acc.toFixed(4)}`);
     }
     return report;
   } finally {
@@ -249,23 +310,6 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     model.close();
     await rt.release();
   }
-}
-
-/** Embeds the calibration windows straight into an activation file, a window at a time. */
-function embedToFile(
-  table: Tensor,
-  ids: Int32Array,
-  seqlen: number,
-  path: string,
-): ActivationFile {
-  const windows = ids.length / seqlen, d = table.shape[1];
-  const file = ActivationFile.create(path, [windows, seqlen, d]);
-  const buf = new Float32Array(seqlen * d);
-  for (let w = 0; w < windows; w++) {
-    embed(table, ids.subarray(w * seqlen, (w + 1) * seqlen), seqlen, buf);
-    file.write(w, buf);
-  }
-  return file;
 }
 
 /** Calibration activations above this size go to a file by default (layer-wise methods). */

@@ -4,6 +4,7 @@
  * @module
  */
 import type { ModelRotations } from "../algorithms/rotation.ts";
+import type { RssMeter } from "../kernels/rss.ts";
 import type { Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { ActivationFile } from "../models/activation_file.ts";
@@ -59,6 +60,8 @@ export interface RunContext {
    * block, the run to the embedding and the head.
    */
   rotations?: ModelRotations;
+  /** Measures each stage's peak RSS for its report (`peak_rss_bytes`), when given. */
+  rss?: RssMeter;
 }
 
 /** A decoder block on its way through the pipeline. */
@@ -103,8 +106,9 @@ export interface BlockJob {
 export type Stage = TransformStream<BlockJob, BlockJob>;
 
 /**
- * Makes a stage from an async function of one job. The stage times itself, appends its report
- * (the function may return extra fields or per-layer figures) and logs progress.
+ * Makes a stage from an async function of one job. The stage times itself (and measures its
+ * peak RSS when the run has a meter), appends its report (the function may return extra fields
+ * or per-layer figures) and logs progress.
  */
 export function stage(
   name: string,
@@ -113,10 +117,18 @@ export function stage(
   return new TransformStream<BlockJob, BlockJob>({
     async transform(job, controller) {
       const t0 = performance.now();
+      const rss = job.ctx.rss?.start();
       job.ctx.log(`block ${job.index + 1}/${job.ctx.config.layers}: ${name}`);
       const extra = (await fn(job)) ?? {};
       const seconds = (performance.now() - t0) / 1000;
-      job.report.push({ ...extra, stage: name, block: job.index, seconds });
+      const peak = rss?.stop();
+      job.report.push({
+        ...extra,
+        stage: name,
+        block: job.index,
+        seconds,
+        ...(peak === undefined ? {} : { peak_rss_bytes: peak }),
+      });
       controller.enqueue(job);
     },
   });

@@ -19,6 +19,7 @@
 import { gradients } from "../kernels/autodiff.ts";
 import { Graph, type Value } from "../kernels/graph.ts";
 import { AdamW, constant, NanGuard, type Param, type Schedule } from "../kernels/optim.ts";
+import type { RssStretch } from "../kernels/rss.ts";
 import type { Feed } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import { addBlock, CAPTURE_POINTS, type CapturePoint } from "../models/block_graph.ts";
@@ -168,6 +169,8 @@ interface Member {
   params: Param[];
   /** When the block arrived at the stage (its report's clock). */
   t0: number;
+  /** Its peak RSS from then on, when the run measures it. */
+  rss?: RssStretch;
 }
 
 /** Graph input and output names: block tensors and parameters by member, gradients, folds. */
@@ -432,8 +435,10 @@ async function trainGroup(
     );
   }
   const now = performance.now();
-  for (const { job, t0 } of group) {
+  for (const { job, t0, rss } of group) {
     const r: StageReport = { stage: m.name, block: job.index, seconds: 0 };
+    const peak = rss?.stop();
+    if (peak !== undefined) r.peak_rss_bytes = peak;
     if (group.length > 1 || (o.numLayer ?? 1) > 1) r.group = group.map((g) => g.job.index);
     if (job === last) {
       Object.assign(r, {
@@ -466,6 +471,7 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
   return new TransformStream<BlockJob, BlockJob>({
     async transform(job, controller) {
       const t0 = performance.now();
+      const rss = job.ctx.rss?.start();
       const { config: c, log } = job.ctx;
       log(`block ${job.index + 1}/${c.layers}: ${m.name}`);
       if (!job.fpIn || !job.fpOut) {
@@ -477,7 +483,7 @@ export function reconstruct(m: ReconstructionMethod, o: TrainOptions): Stage {
         throw new Error(`--batch ${batch} must divide the ${n} calibration samples`);
       }
       const stats = await channelStats(job, job.fpWeights, job.fpIn);
-      held.push({ job, params: m.init(job, stats), t0 });
+      held.push({ job, params: m.init(job, stats), t0, rss });
       const lastOfGroup = (job.index + 1) % numLayer === 0 || job.index === c.layers - 1;
       if (!lastOfGroup) {
         // Provisional student input for the next block; replaced once the group is trained.

@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { fixtureModel, fixtureText, PROJECT_ROOT, SHARED_FIXTURES } from "../fixtures/paths.ts";
+import { fixtureModel, fixtureText, SHARED_FIXTURES } from "../fixtures/paths.ts";
+import { type CommandResult, runPipeline } from "./command.ts";
 import { Runtime } from "../kernels/session.ts";
 import { openModel } from "../formats/open.ts";
 import { readDataset } from "../text/dataset.ts";
@@ -180,22 +181,8 @@ for (const name of MODELS) {
 // ---------------------------------------------------------------------------------------------
 // the CLI
 
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function evalCli(args: string[]): Promise<CliResult> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${PROJECT_ROOT}/pipelines/eval.ts`, ...args],
-    cwd: PROJECT_ROOT,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+function evalCli(args: string[]): Promise<CommandResult> {
+  return runPipeline("eval", args);
 }
 
 Deno.test("eval CLI prints one JSON object with --json", async () => {

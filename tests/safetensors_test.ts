@@ -328,7 +328,7 @@ function roundTripTensors(): TensorEntry[] {
 }
 
 function storedBytes(t: TensorEntry): number {
-  const perElement = { F32: 4, F16: 2, BF16: 2, I32: 4, I8: 1, U8: 1 }[t.dtype];
+  const perElement = { F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I8: 1, U8: 1 }[t.dtype];
   return t.shape.reduce((a, b) => a * b, 1) * perElement;
 }
 
@@ -504,15 +504,18 @@ Deno.test("missing tensors and unreadable dtypes are errors naming file and tens
     const header = {
       "big.ints": { dtype: "I64", shape: [2], data_offsets: [0, 16] },
       "some.ints": { dtype: "I32", shape: [2], data_offsets: [16, 24] },
+      "short.ints": { dtype: "I16", shape: [2], data_offsets: [24, 28] },
     };
-    await Deno.writeFile(path, rawFile(header, 24));
+    await Deno.writeFile(path, rawFile(header, 28));
     const r = await SafetensorsReader.open(path);
     try {
       assert.deepEqual(r.info("big.ints"), { dtype: "I64", shape: [2], byteLength: 16 });
-      await assertRejectsWith(() => r.readRaw("big.ints"), [
+      // I64 is read (compressed-tensors' weight_shape); I16 is not.
+      assert.deepEqual((await r.readRaw("big.ints")).data, new BigInt64Array(2));
+      await assertRejectsWith(() => r.readRaw("short.ints"), [
         "odd.safetensors",
-        '"big.ints"',
-        "I64",
+        '"short.ints"',
+        "I16",
       ]);
       await assertRejectsWith(() => r.readF32("some.ints"), ["odd.safetensors", '"some.ints"']);
       assert.throws(() => r.info("nope"), (e: Error) =>

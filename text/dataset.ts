@@ -18,6 +18,31 @@ function concat(parts: number[][]): Int32Array {
   return out;
 }
 
+/** One parsed line of a JSON-lines file, with `file:line` for messages. */
+export interface JsonLine {
+  /** The parsed value. */
+  value: unknown;
+  /** `path:line` (1-based), for error messages. */
+  where: string;
+}
+
+/** Parses JSON lines, skipping blank ones; an invalid line is an error naming file and line. */
+export function jsonLines(text: string, path: string): JsonLine[] {
+  const out: JsonLine[] = [];
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].trim();
+    if (line === "") continue;
+    const where = `${path}:${i + 1}`;
+    try {
+      out.push({ value: JSON.parse(line), where });
+    } catch (e) {
+      throw new Error(`${where}: invalid JSON (${(e as Error).message})`);
+    }
+  }
+  return out;
+}
+
 /**
  * Reads a dataset file as one id stream.
  *
@@ -38,18 +63,8 @@ export async function readDataset(path: string, tok: TextTokenizer): Promise<Int
     return Int32Array.from(tok.encode(await Deno.readTextFile(path)));
   }
   if (lower.endsWith(".jsonl")) {
-    const lines = (await Deno.readTextFile(path)).split("\n");
     const parts: number[][] = [];
-    for (let i = 0; i < lines.length; i++) {
-      const line = lines[i].trim();
-      if (line === "") continue;
-      const where = `${path}:${i + 1}`;
-      let obj: unknown;
-      try {
-        obj = JSON.parse(line);
-      } catch (e) {
-        throw new Error(`${where}: invalid JSON (${(e as Error).message})`);
-      }
+    for (const { value: obj, where } of jsonLines(await Deno.readTextFile(path), path)) {
       const rec = (obj ?? {}) as { text?: unknown; messages?: unknown };
       if (typeof obj === "object" && obj !== null && isMessages(rec.messages)) {
         if (tok.chatTemplate === undefined) {

@@ -302,7 +302,18 @@ export function llama2cEncode(
   return mergePairs(vocab, lookup, init);
 }
 
-function mergePairs(vocab: Llama2cVocab, lookup: Map<string, number>, init: number[]): number[] {
+/**
+ * SentencePiece-style merging over token ids: repeatedly merges the adjacent pair whose
+ * concatenated pieces form a vocabulary entry (`lookup`) with the highest score, the leftmost
+ * on ties, until no pair merges (run.c's `encode` loop and llama.cpp's SPM tokenizer, in
+ * O(n log n)). `vocab.pieces` may extend past the vocabulary with pieces that only stand for
+ * themselves (characters a tokenizer cannot cover); they are never the result of a merge.
+ */
+export function mergePairs(
+  vocab: Llama2cVocab,
+  lookup: Map<string, number>,
+  init: number[],
+): number[] {
   const n = init.length;
   const tok = Int32Array.from(init);
   const prev = new Int32Array(n);
