@@ -212,18 +212,13 @@ export function rotateColumns(w: Float32Array, n: number, cols: number, r: Rotat
   for (let i = 0; i < n; i++) for (let j = 0; j < cols; j++) w[i * cols + j] = t[j * n + i];
 }
 
-/**
- * x·Q as graph ops on x [N, n] (N may be unknown): the signs, then X·B/√p and Aᵀ·(·) as two
- * MatMuls on the [N, m, p] view — the block graph's online rotation with constant factors.
- */
+/** x·Q as graph ops on x [N, n] (N may be unknown): the block graph's online rotation. */
 export function rotateGraph(g: Graph, x: Value, r: Rotation): Value {
-  const s = 1 / Math.sqrt(r.p);
   return rotateByFactors(
     g,
     x,
     g.constant(Float32Array.from(r.signs ?? new Float64Array(r.n).fill(1)), [r.n]),
     g.constant(Float32Array.from(r.a), [r.m, r.m]),
-    g.constant(Float32Array.from(sylvester(r.p), (e) => e * s), [r.p, r.p]),
   );
 }
 

@@ -21,16 +21,14 @@ import type { Tensor } from "../kernels/tensor.ts";
 import { type OnlinePoint, onlineRotationNames } from "../models/block_graph.ts";
 import type { ModelConfig } from "../models/config.ts";
 import type { BlockWeights } from "../models/source.ts";
-import { rotateColumns, rotateRows, type Rotation, rotation, sylvester } from "./hadamard.ts";
+import { rotateColumns, rotateRows, type Rotation, rotation } from "./hadamard.ts";
 
 /** The block tensors carrying an online rotation, for the block graph to apply x·R. */
 export function onlineRotationTensors(point: OnlinePoint, r: Rotation): BlockWeights {
-  const [s, a, b] = onlineRotationNames(point);
-  const scale = 1 / Math.sqrt(r.p);
+  const [s, a] = onlineRotationNames(point);
   return {
     [s]: { data: Float32Array.from(r.signs ?? new Float64Array(r.n).fill(1)), shape: [r.n] },
     [a]: { data: Float32Array.from(r.a), shape: [r.m, r.m] },
-    [b]: { data: Float32Array.from(sylvester(r.p), (e) => e * scale), shape: [r.p, r.p] },
   };
 }
 

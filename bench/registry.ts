@@ -8,6 +8,7 @@ import { benchClaq } from "./claq.ts";
 import { benchEval } from "./eval.ts";
 import { benchFormats } from "./formats.ts";
 import { benchGptq } from "./gptq.ts";
+import { benchHadamard } from "./hadamard.ts";
 import { benchLearned } from "./learned.ts";
 import { benchMatmul } from "./matmul.ts";
 import { benchMemory } from "./memory.ts";
@@ -53,5 +54,10 @@ export const BENCHMARKS: readonly Benchmark[] = [
     description:
       "Rotation (QuaRot) beside every method at W4A4/W4A4KV4/W4A8/W4A16, three seeds (README)",
     run: benchRotation,
+  },
+  {
+    name: "hadamard",
+    description: "online rotation: Sylvester factor as MatMul vs fast Walsh–Hadamard (README)",
+    run: benchHadamard,
   },
 ];

@@ -47,27 +47,63 @@ export const ONLINE_ROTATIONS = ["x_down", "qk"] as const;
 export type OnlinePoint = (typeof ONLINE_ROTATIONS)[number];
 
 /**
- * Names of an online rotation's block tensors: signs D [n], an orthogonal factor A [m, m] and a
- * scaled Sylvester factor B [p, p], so that x·R = Aᵀ·(X∘D)·B with x viewed as m × p
- * (algorithms/hadamard.ts builds them).
+ * Names of an online rotation's block tensors: signs D [n] and an orthogonal factor A [m, m], so
+ * that x·R = Aᵀ·(X∘D)·H_p/√p with x viewed as m × p and H_p the Sylvester Hadamard matrix of
+ * order p = n/m (algorithms/hadamard.ts builds them).
  */
-export function onlineRotationNames(point: OnlinePoint): [string, string, string] {
-  return [`rotation.${point}.signs`, `rotation.${point}.a`, `rotation.${point}.b`];
+export function onlineRotationNames(point: OnlinePoint): [string, string] {
+  return [`rotation.${point}.signs`, `rotation.${point}.a`];
+}
+
+/**
+ * Largest order of the Sylvester factor applied as a MatMul by a constant H_p/√p; above it, a
+ * fast Walsh–Hadamard transform of reshapes and adds runs faster (bench/hadamard.ts) and needs no
+ * p × p constant.
+ */
+export const SYLVESTER_MATMUL_MAX = 1024;
+
+/** y = x·H_p/√p along the last axis of x [N, m, p] as one MatMul by a p × p constant. */
+export function sylvesterMatmul(g: Graph, x: Value, p: number): Value {
+  const h = new Float32Array(p * p);
+  for (let i = 0; i < p; i++) {
+    for (let j = 0; j < p; j++) {
+      let bits = i & j, odd = 0;
+      for (; bits; bits &= bits - 1) odd ^= 1;
+      h[i * p + j] = (odd ? -1 : 1) / Math.sqrt(p);
+    }
+  }
+  return g.matmul(x, g.constant(h, [p, p]));
+}
+
+/** y = x·H_p/√p along the last axis of x [N, m, p] by log2 p reshape/slice/add/sub steps. */
+export function fastWalshHadamard(g: Graph, x: Value, m: number, p: number): Value {
+  let v = x;
+  for (let h = 1; h < p; h *= 2) {
+    const pairs = g.reshape(v, [-1, m, p / (2 * h), 2, h]);
+    const a = g.slice(pairs, [0], [1], [3]), b = g.slice(pairs, [1], [2], [3]);
+    v = g.reshape(g.concat([g.add(a, b), g.sub(a, b)], 3), [-1, m, p]);
+  }
+  return g.mul(v, g.scalar(1 / Math.sqrt(p)));
+}
+
+/** y = x·H_p/√p along the last axis of x [N, m, p], whichever way runs faster at that p. */
+export function walshHadamard(g: Graph, x: Value, m: number, p: number): Value {
+  return p <= SYLVESTER_MATMUL_MAX ? sylvesterMatmul(g, x, p) : fastWalshHadamard(g, x, m, p);
 }
 
 /** x·R for x [N, n] (N may be unknown) from a rotation's factors (graph values). */
-export function rotateByFactors(g: Graph, x: Value, signs: Value, a: Value, b: Value): Value {
-  const [m] = g.shapeOf(a) as number[], [p] = g.shapeOf(b) as number[];
-  let v = g.matmul(g.reshape(g.mul(x, signs), [-1, m, p]), b);
+export function rotateByFactors(g: Graph, x: Value, signs: Value, a: Value): Value {
+  const [n] = g.shapeOf(signs) as number[], [m] = g.shapeOf(a) as number[], p = n / m;
+  let v = walshHadamard(g, g.reshape(g.mul(x, signs), [-1, m, p]), m, p);
   if (m > 1) v = g.transpose(g.matmul(g.transpose(v, [0, 2, 1]), a), [0, 2, 1]);
   else v = g.mul(v, g.reshape(a, [1]));
-  return g.reshape(v, [-1, m * p]);
+  return g.reshape(v, [-1, n]);
 }
 
 /** The block's online rotation at `point` applied to x [N, n], when the block carries one. */
 function onlineRotation(g: Graph, x: Value, w: Record<string, Value>, point: OnlinePoint): Value {
-  const [s, a, b] = onlineRotationNames(point).map((n) => w[n]);
-  return a ? rotateByFactors(g, x, s, a, b) : x;
+  const [s, a] = onlineRotationNames(point).map((n) => w[n]);
+  return a ? rotateByFactors(g, x, s, a) : x;
 }
 
 /**

@@ -110,7 +110,7 @@ Deno.test("every method composes with --rotate and writes what evaluation runs",
         const config = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
         const qc = config.quantization_config;
         assert.deepEqual(qc.rotation.online, ["x_down", "qk"]);
-        for (const k of ["rotation.x_down.a", "rotation.qk.b", "act_quant.clip"]) {
+        for (const k of ["rotation.x_down.a", "rotation.qk.signs", "act_quant.clip"]) {
           assert.ok(qc.extra_block_tensors[k], `${name}: ${k}`);
         }
         assert.equal(config.tie_word_embeddings, false);
