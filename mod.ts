@@ -34,6 +34,8 @@ export {
   type Value,
 } from "./kernels/graph.ts";
 export {
+  createSession,
+  type CreateSessionOptions,
   type Device,
   DEVICES,
   type Feed,
@@ -77,7 +79,7 @@ export {
 } from "./formats/safetensors.ts";
 export { Checkpoint, CheckpointWriter, openCheckpoint } from "./formats/checkpoint.ts";
 export { modelDir, openModel } from "./formats/open.ts";
-export { type ConfigExtras, ModelWriter } from "./formats/writer.ts";
+export { type ConfigExtras, copyTokenizerFiles, ModelWriter } from "./formats/writer.ts";
 export {
   codeBits,
   gridOf,
@@ -85,7 +87,17 @@ export {
   openQuantized,
   type QuantizedModel,
 } from "./formats/quantized.ts";
-export { exportOnnx, type ExportOptions } from "./formats/onnx.ts";
+export {
+  DTYPE_OF_BITS,
+  type ExportParts,
+  type ExportReport,
+  ONNX_FILE_OF_DTYPE,
+  type OnnxExportOptions,
+  packedLinearOp,
+  writeOnnxExport,
+} from "./formats/onnx.ts";
+export { type PackedLinear, packGrid, type PackResult } from "./formats/matmul_nbits.ts";
+export { INLINE_LIMIT, type OnnxFileResult, OnnxFileWriter } from "./formats/onnx_file.ts";
 
 // Text: tokenizers, data files, chat templates, calibration windows (text/).
 export {
@@ -95,7 +107,7 @@ export {
   type TextTokenizer,
 } from "./text/tokenizer.ts";
 export { readDataset, type Windows, windows } from "./text/dataset.ts";
-export { type ChatMessage, renderChat } from "./text/chat.ts";
+export { type ChatMessage, encodeChat, renderChat } from "./text/chat.ts";
 export {
   calibrationStarts,
   type CalibrationWindows,
@@ -113,17 +125,26 @@ export {
 } from "./models/config.ts";
 export { type BlockWeights, expectShape, type ModelSource } from "./models/source.ts";
 export {
+  addBlock,
   attention,
+  type BlockBuildOptions,
   type BlockGraphOptions,
+  type BlockInputs,
+  type BlockSizes,
   buildBlockGraph,
   buildHeadGraph,
   CAPTURE_POINTS,
   type CapturePoint,
+  decoderMask,
   fakeQuantPerToken,
+  gemmLinear,
   type HeadGraphOptions,
+  type KvPair,
+  type LinearOp,
   rmsNorm,
   rope,
 } from "./models/block_graph.ts";
+export { ropeAt, ropeInvFreq, ropeTables } from "./models/rope.ts";
 export { ActivationFile } from "./models/activation_file.ts";
 export {
   type Activations,
@@ -250,12 +271,51 @@ export {
 export { ABQ, abqLoss, abqMethod, type AbqMethodOptions } from "./methods/abq.ts";
 export { loraMethod, type LoraOptions, QLLM, type QllmMethodOptions } from "./methods/qllm.ts";
 
+// An exported decoder: its session and KV cache, sampling, generation, the server (serve/).
+export {
+  type DecoderOptions,
+  type KvCache,
+  OnnxDecoder,
+  type OrtTensor,
+  type StepInput,
+} from "./serve/decoder.ts";
+export {
+  argmax,
+  checkSampling,
+  Sampler,
+  samplingDistribution,
+  type SamplingOptions,
+} from "./serve/sampling.ts";
+export {
+  type FinishReason,
+  generate,
+  type GenerateOptions,
+  type GenerateTimings,
+  type Generation,
+  leftPad,
+  type PaddedBatch,
+} from "./serve/generate.ts";
+export {
+  ApiError,
+  openAIHandler,
+  type RunningServer,
+  serveOpenAI,
+  type ServerOptions,
+  Slots,
+} from "./serve/server.ts";
+
 // Evaluation (eval/).
-export { perplexity, type PerplexityOptions, type PerplexityResult } from "./eval/perplexity.ts";
+export {
+  onnxPerplexity,
+  perplexity,
+  type PerplexityOptions,
+  type PerplexityResult,
+} from "./eval/perplexity.ts";
 export { greedy, type GreedyOptions } from "./eval/generate.ts";
 
 // Runs: a whole quantization run, its report, a method's command (run/, cli/).
 export { type QuantizeRun, RunCache, runQuantization } from "./run/quantize.ts";
 export { printReport, type QuantizeReport } from "./run/report.ts";
 export { methodMain, planFromFlags, type RunDefaults } from "./run/main.ts";
+export { exportModel, type ExportRun, TABLE_BLOCK, tableGrid8 } from "./run/export.ts";
 export { Progress } from "./cli/progress.ts";

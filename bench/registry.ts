@@ -5,6 +5,7 @@
  * @module
  */
 import { benchClaq } from "./claq.ts";
+import { benchDeploy } from "./deploy.ts";
 import { benchEval } from "./eval.ts";
 import { benchGptq } from "./gptq.ts";
 import { benchLearned } from "./learned.ts";
@@ -38,5 +39,11 @@ export const BENCHMARKS: readonly Benchmark[] = [
     name: "qllm",
     description: "QLLM ablation: RTN, reassembly, LoRA, both, OmniQuant at W4A4/W4A8/W6A6 (README)",
     run: benchQllm,
+  },
+  {
+    name: "deploy",
+    description:
+      "ONNX exports (MatMulNBits, KV cache): size, RSS, prefill/decode tokens/s, perplexity",
+    run: benchDeploy,
   },
 ];

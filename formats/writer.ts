@@ -104,7 +104,7 @@ export class ModelWriter {
         `${this.tmpDir}/config.json`,
         JSON.stringify({ ...toHfConfig(this.#config), ...extras }, null, 2) + "\n",
       );
-      await copyTokenizer(tokenizerFrom, this.tmpDir);
+      await copyTokenizerFiles(tokenizerFrom, this.tmpDir);
       await Deno.remove(this.outDir, { recursive: true }).catch(() => {});
       await Deno.rename(this.tmpDir, this.outDir);
     } catch (e) {
@@ -121,7 +121,11 @@ export class ModelWriter {
   }
 }
 
-async function copyTokenizer(from: string, to: string): Promise<void> {
+/**
+ * Copies a model's tokenizer files (`tokenizer.json`, its config, special tokens, generation
+ * config; llama2.c's `tok*.bin` when there are none) from the model at `from` into `to`.
+ */
+export async function copyTokenizerFiles(from: string, to: string): Promise<void> {
   const st = await Deno.stat(from);
   const dir = st.isFile ? from.replace(/\/[^/]*$/, "") : from;
   let copied = 0;

@@ -1,40 +1,73 @@
 /**
- * Exports a model (ours or any checkpoint we read) as one ONNX graph from token ids to logits.
- * `deno run -A pipelines/export.ts --model DIR --out model.onnx [--seqlen 256] [--batch 1]`
+ * Exports a model (ours or any checkpoint we read) as a deployable directory.
+ * `deno run -A pipelines/export.ts [--model DIR] --out DIR [--format onnx] [--embeddings 8]
+ * [--eval val,FILE] [--eval-windows N] [--json] [--quiet]`
  * @module
  */
-import { DEFAULT_MODEL } from "../fixtures/paths.ts";
-import { exportOnnx } from "../formats/onnx.ts";
-import { openModel } from "../formats/open.ts";
-import { intFlag, parseFlags, runMain } from "../cli/flags.ts";
+import { DEFAULT_MODEL, FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
+import { intFlag, parseFlags, runMain, UsageError } from "../cli/flags.ts";
+import { exportModel } from "../run/export.ts";
 
-const USAGE =
-  "usage: deno run -A pipelines/export.ts [--model DIR] --out FILE.onnx [--seqlen N] [--batch N]";
+const USAGE = `usage: deno run -A pipelines/export.ts [--model DIR] --out DIR [--format F]
+       [--embeddings 32|8] [--eval val,wikitext2,FILE] [--eval-windows N] [--json] [--quiet]
+  --format F           onnx (default): onnx/model*.onnx with MatMulNBits layers and a KV cache,
+                       config.json, generation_config.json and the tokenizer files, in the
+                       layout transformers.js and Optimum load
+  --embeddings B       32 (float, default) or 8: the embedding and head in 8 bits
+  --eval A,B           also measure the exported model's perplexity (val, wikitext2 or a file)
+  --eval-windows N     evaluate the first N windows only`;
 
-async function main(argv: string[]) {
-  const f = parseFlags(argv, {
-    model: { type: "string" },
-    out: { type: "string" },
-    seqlen: { type: "string" },
-    batch: { type: "string" },
-    help: { type: "boolean" },
-  }, USAGE);
-  if (f.help) return console.log(USAGE);
-  if (!f.out) throw new Error(`--out is required\n${USAGE}`);
-  const model = await openModel((f.model as string | undefined) ?? DEFAULT_MODEL);
-  try {
-    const bytes = await exportOnnx(model, {
-      batch: intFlag(f.batch, "--batch", 1),
-      seqlen: intFlag(f.seqlen, "--seqlen", Math.min(256, model.config.maxSeq), 2),
+const FLAGS = {
+  model: { type: "string" },
+  out: { type: "string" },
+  format: { type: "string" },
+  embeddings: { type: "string" },
+  eval: { type: "string" },
+  "eval-windows": { type: "string" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean" },
+  help: { type: "boolean" },
+} as const;
+
+type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>;
+
+/** The formats the command writes, by `--format` name. */
+const FORMATS: Record<string, (f: Flags, model: string, out: string) => Promise<unknown>> = {
+  onnx: (f, model, out) => {
+    const embeddings = intFlag(f.embeddings, "--embeddings", 32);
+    if (embeddings !== 32 && embeddings !== 8) {
+      throw new UsageError(`--embeddings ${embeddings}: expected 32 or 8`);
+    }
+    const evalFiles = ((f.eval as string | undefined) ?? "").split(",").filter((s) => s)
+      .map((n) => FIXTURE_DEFAULTS.evalTexts[n] ?? n);
+    return exportModel({
+      model,
+      out,
+      embeddings,
+      eval: {
+        files: evalFiles,
+        windows: f["eval-windows"] === undefined
+          ? undefined
+          : intFlag(f["eval-windows"], "--eval-windows"),
+      },
+      quiet: !!f.quiet,
     });
-    const out = f.out as string;
-    const tmp = `${out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    await Deno.writeFile(tmp, bytes);
-    await Deno.rename(tmp, out);
-    console.log(`${out}: ${(bytes.length / 2 ** 20).toFixed(1)} MiB`);
-  } finally {
-    model.close();
+  },
+};
+
+/** Runs the command on `argv`; returns what the format's writer returned. */
+export async function exportMain(argv: string[]): Promise<unknown> {
+  const f = parseFlags(argv, FLAGS, USAGE);
+  if (f.help) return console.log(USAGE);
+  if (!f.out) throw new UsageError(`--out is required\n${USAGE}`);
+  const format = (f.format as string | undefined) ?? "onnx";
+  const write = FORMATS[format];
+  if (!write) {
+    throw new UsageError(`--format ${format}: expected ${Object.keys(FORMATS).join(", ")}`);
   }
+  const result = await write(f, (f.model as string | undefined) ?? DEFAULT_MODEL, f.out as string);
+  if (f.json) console.log(JSON.stringify(result));
+  return result;
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(async (argv) => void await exportMain(argv));
