@@ -89,8 +89,20 @@ export async function perplexity(
 /** The perplexity of windows of length T from their mean NLLs (exp of their mean). */
 function resultOf(perWindowNll: Float64Array, T: number, t0: number): PerplexityResult {
   const W = perWindowNll.length;
-  return resultOf(perWindowNll, T, t0);
+  let sum = 0;
+  for (const v of perWindowNll) sum += v;
+  const nll = sum / W;
+  return {
+    ppl: Math.exp(nll),
+    nll,
+    windows: W,
+    tokens: W * T,
+    tokensScored: W * (T - 1),
+    perWindowNll,
+    seconds: (performance.now() - t0) / 1000,
+  };
 }
+
 /**
  * Perplexity through an exported decoder (`serve/decoder.ts`) on the same windows as
  * {@linkcode perplexity}: each batch of windows is one step with an empty cache; the NLL of

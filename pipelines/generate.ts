@@ -83,7 +83,7 @@ async function onnxMain(f: Record<string, unknown>, tokens: number) {
       maxNewTokens: tokens,
       temperature: numFlag(f.temperature, "--temperature", 0, 0),
       topK: intFlag(f["top-k"], "--top-k", 0, 0),
-      topP: numFlag(f["top-p"], "--top-p", 1, Number.MIN_VALUE, 1),
+      topP: topP(f["top-p"]),
       seed: f.seed === undefined ? undefined : intFlag(f.seed, "--seed", 0, 0),
       stop: (f.stop as string[] | undefined) ?? [],
       onText: stream ? async (_r, t) => void await Deno.stdout.write(out.encode(t)) : undefined,
@@ -103,6 +103,12 @@ async function onnxMain(f: Record<string, unknown>, tokens: number) {
   } finally {
     await dec.release();
   }
+}
+
+function topP(v: unknown): number {
+  const p = numFlag(v, "--top-p", 1, 0, 1);
+  if (p === 0) throw new UsageError("--top-p 0: expected a number in (0, 1]");
+  return p;
 }
 
 if (import.meta.main) await runMain(main);
