@@ -174,7 +174,7 @@ export async function writeOnnxExport(
 function exportConfig(c: ModelConfig, r: ExportReport): Record<string, unknown> {
   const base = r.file.replace(/^onnx\//, "");
   return {
-    ...toHfConfig({ ...c, activationBits: undefined, kvBits: undefined, extraTensors: undefined }),
+    ...toHfConfig(c),
     use_cache: true,
     "transformers.js_config": {
       dtype: r.dtype,

@@ -51,6 +51,9 @@ async function main(argv: string[]) {
     }
     return await onnxMain(f as Record<string, unknown>, tokens);
   }
+  for (const k of ["temperature", "top-k", "top-p", "seed", "stop", "file", "json"] as const) {
+    if (f[k] !== undefined) throw new UsageError(`--${k} needs --onnx DIR (an exported model)`);
+  }
   const path = (f.model as string | undefined) ?? DEFAULT_MODEL;
   const rt = new Runtime(deviceFlag(f.device));
   const model = await openModel(path);
@@ -78,7 +81,12 @@ async function onnxMain(f: Record<string, unknown>, tokens: number) {
     const prompt = f.prompt === undefined ? [tok.bos] : tok.encode(f.prompt as string);
     const out = new TextEncoder();
     const stream = !f.json;
-    if (stream) await Deno.stdout.write(out.encode(tok.decode(prompt)));
+    // The prompt's text first, once generation is under way.
+    let head: string | null = tok.decode(prompt);
+    const write = async (t: string) => {
+      await Deno.stdout.write(out.encode((head ?? "") + t));
+      head = null;
+    };
     const { rows: [r], timings } = await generate(dec, [prompt], {
       maxNewTokens: tokens,
       temperature: numFlag(f.temperature, "--temperature", 0, 0),
@@ -86,9 +94,9 @@ async function onnxMain(f: Record<string, unknown>, tokens: number) {
       topP: topP(f["top-p"]),
       seed: f.seed === undefined ? undefined : intFlag(f.seed, "--seed", 0, 0),
       stop: (f.stop as string[] | undefined) ?? [],
-      onText: stream ? async (_r, t) => void await Deno.stdout.write(out.encode(t)) : undefined,
+      onText: stream ? (_r, t) => write(t) : undefined,
     });
-    if (stream) return void await Deno.stdout.write(out.encode("\n"));
+    if (stream) return await write("\n");
     console.log(JSON.stringify({
       onnx: f.onnx,
       file: dec.file,

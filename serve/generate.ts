@@ -88,10 +88,17 @@ export async function generate(
     throw new Error("generate: every prompt needs at least one token");
   }
   const B = prompts.length, V = dec.config.vocab;
+  const long = prompts.find((p) => p.length >= dec.config.maxSeq);
+  if (long) {
+    throw new Error(
+      `generate: a prompt of ${long.length} tokens leaves no room in the model's context of ` +
+        `${dec.config.maxSeq}`,
+    );
+  }
   const samplers = prompts.map((_, r) =>
     new Sampler({ ...o, seed: o.seed === undefined ? undefined : o.seed + r })
   );
-  const rows = prompts.map((p) => new RowText(dec, o.stop ?? [], p.length));
+  const rows = prompts.map((p) => new RowText(dec, o.stop ?? [], p));
   const padded = leftPad(prompts);
   let mask = padded.mask;
   let next = padded.positions.filter((_, i) => i % padded.length === padded.length - 1);
@@ -159,16 +166,26 @@ class RowText {
   #dec: OnnxDecoder;
   #stop: string[];
   #promptTokens: number;
+  #context: number[];
+  #contextText: string;
 
-  constructor(dec: OnnxDecoder, stop: string[], promptTokens: number) {
+  constructor(dec: OnnxDecoder, stop: string[], prompt: number[]) {
     this.#dec = dec;
     this.#stop = stop.filter((s) => s.length > 0);
-    this.#promptTokens = promptTokens;
+    this.#promptTokens = prompt.length;
+    // The text is decoded after the prompt's last tokens, so that a tokenizer that strips the
+    // first space of a text (SentencePiece's dummy prefix) keeps the new text's leading space.
+    this.#context = prompt.slice(-4);
+    this.#contextText = dec.tokenizer.decode(this.#context);
   }
 
   push(id: number): void {
     this.ids.push(id);
-    this.#text = this.#dec.tokenizer.decode(this.ids);
+    const tok = this.#dec.tokenizer;
+    const full = tok.decode([...this.#context, ...this.ids]);
+    this.#text = full.startsWith(this.#contextText)
+      ? full.slice(this.#contextText.length)
+      : tok.decode(this.ids);
     let cut = -1;
     for (const s of this.#stop) {
       const at = this.#text.indexOf(s);

@@ -3,7 +3,7 @@
  * Deno) loads the exported directory from local disk with remote loading off, tokenizes the
  * prompt itself, and its greedy generation of 48 tokens equals ours token for token — for the
  * full-precision tinystories-656k and for its GPTQ W4 g32 model (`model_q4.onnx`, picked by
- * transformers.js's `dtype: "q4"`).
+ * transformers.js's `dtype: "q4"`), also with its weights as ONNX external data.
  */
 import assert from "node:assert/strict";
 import { AutoModelForCausalLM, AutoTokenizer, env } from "@huggingface/transformers";
@@ -46,15 +46,18 @@ Deno.test("transformers.js generates what we generate from our exports", async (
       ...["--wbits", "4", "--group-size", "32", "--nsamples", "8", "--eval", "", "--quiet"],
       ...["--out", `${tmp}/g32`],
     ]);
-    const models: [string, string, "fp32" | "q4"][] = [
-      ["full precision", fixtureModel("tinystories-656k"), "fp32"],
-      ["GPTQ W4 g32", `${tmp}/g32`, "q4"],
+    const models: [string, string, "fp32" | "q4", number | undefined][] = [
+      ["full precision", fixtureModel("tinystories-656k"), "fp32", undefined],
+      ["GPTQ W4 g32", `${tmp}/g32`, "q4", undefined],
+      // The weights beside the model as ONNX external data, as past 2 GB.
+      ["GPTQ W4 g32, external data", `${tmp}/g32`, "q4", 0],
     ];
-    for (const [name, model, dtype] of models) {
+    for (const [name, model, dtype, inlineLimit] of models) {
       await t.step(name, async () => {
-        const dir = `${tmp}/export-${dtype}`;
-        const report = await exportModel({ model, out: dir, quiet: true });
+        const dir = `${tmp}/export-${dtype}-${inlineLimit ?? "inline"}`;
+        const report = await exportModel({ model, out: dir, inlineLimit, quiet: true });
         assert.equal(report.dtype, dtype);
+        assert.equal(report.external_data, inlineLimit === 0);
         const dec = await OnnxDecoder.open(dir);
         let ours: number[], prompt: number[];
         try {
