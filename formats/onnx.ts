@@ -225,7 +225,7 @@ async function buildDecoder(
     v: await w.add(g, name, shape, data),
     bytes: data.byteLength,
   });
-  const addTensor = (name: string, t: Tensor) => add(name, t.data, t.shape);
+  const addTensor = (name: string, t: Tensor) => add(name, ...dataOf(t));
 
   const ids = g.input("input_ids", ["batch_size", "sequence_length"], DType.int64);
   const attentionMask = g.input(
@@ -246,36 +246,8 @@ async function buildDecoder(
   const { cos, sin } = ropeAt(g, c, positions);
   const mask = decoderMask(g, attentionMask, bt);
 
-  // Embedding and head tables: float, or 8-bit MatMulNBits tensors (shared when tied).
-  const table = await model.embedding();
-  let x: Value;
-  let headOp: (h: Value) => Value;
-  if (o.quantizeTable) {
-    const emb = await packedTable(
-      g,
-      add,
-      o.quantizeTable(table, "model.embed_tokens.weight"),
-      "model.embed_tokens",
-    );
-    parts.embeddings += emb.bytes;
-    x = gatherPacked(g, emb, ids, bt, c.hidden);
-    const head = c.tiedEmbeddings
-      ? emb
-      : await packedTable(g, add, o.quantizeTable(await model.head(), "lm_head.weight"), "lm_head");
-    if (!c.tiedEmbeddings) parts.head += head.bytes;
-    headOp = (h) => matMulNBits(g, h, head.p, head.vals);
-  } else {
-    const e = await addTensor("model.embed_tokens.weight", table);
-    parts.embeddings += e.bytes;
-    x = g.op("Gather", [e.v, ids], { axis: 0 });
-    let headW = e.v;
-    if (!c.tiedEmbeddings) {
-      const h = await addTensor("lm_head.weight", await model.head());
-      parts.head += h.bytes;
-      headW = h.v;
-    }
-    headOp = (h) => g.op("Gemm", [h, headW], { transB: 1 });
-  }
+  const { x: embedded, head: headOp } = await tables(g, model, add, ids, bt, parts, o);
+  let x = embedded;
 
   const presents: KvPair[] = [];
   const containers: Record<string, number> = {};
@@ -348,6 +320,57 @@ async function buildDecoder(
     parts.float_linear_weights;
   report.bits_per_weight = report.linear_params ? (8 * linearBytes) / report.linear_params : 0;
   return { graph: g, report };
+}
+
+/**
+ * The embedding lookup of `ids` and the head op: float tables, or 8-bit MatMulNBits tensors
+ * (one table when tied). Each table is written and dropped before the blocks are read.
+ */
+async function tables(
+  g: Graph,
+  model: ModelSource,
+  add: Adder,
+  ids: Value,
+  bt: Value,
+  parts: ExportParts,
+  o: OnnxExportOptions,
+): Promise<{ x: Value; head: (h: Value) => Value }> {
+  const c = model.config;
+  if (o.quantizeTable) {
+    const grid = o.quantizeTable(await model.embedding(), "model.embed_tokens.weight");
+    const emb = await packedTable(g, add, grid, "model.embed_tokens");
+    parts.embeddings += emb.bytes;
+    let head = emb;
+    if (!c.tiedEmbeddings) {
+      head = await packedTable(
+        g,
+        add,
+        o.quantizeTable(await model.head(), "lm_head.weight"),
+        "lm_head",
+      );
+      parts.head += head.bytes;
+    }
+    return {
+      x: gatherPacked(g, emb, ids, bt, c.hidden),
+      head: (h) => matMulNBits(g, h, head.p, head.vals),
+    };
+  }
+  const e = await add("model.embed_tokens.weight", ...dataOf(await model.embedding()));
+  parts.embeddings += e.bytes;
+  let headW = e.v;
+  if (!c.tiedEmbeddings) {
+    const h = await add("lm_head.weight", ...dataOf(await model.head()));
+    parts.head += h.bytes;
+    headW = h.v;
+  }
+  return {
+    x: g.op("Gather", [e.v, ids], { axis: 0 }),
+    head: (h) => g.op("Gemm", [h, headW], { transB: 1 }),
+  };
+}
+
+function dataOf(t: Tensor): [Float32Array, number[]] {
+  return [t.data, t.shape];
 }
 
 type Adder = (
