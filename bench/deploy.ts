@@ -173,6 +173,7 @@ function markdown(points: DeployPoint[]): string {
     (p.peak_rss_bytes / MiB).toFixed(0),
     p.prefill_tokens_per_s.toFixed(0),
     p.decode_tokens_per_s.toFixed(1),
+    p.decode_cpu_ms_per_token.toFixed(1),
     p.decode_batch8_tokens_per_s.toFixed(1),
     p.ppl_ours.toFixed(3),
     p.ppl_export.toFixed(3),
@@ -190,13 +191,14 @@ function markdown(points: DeployPoint[]): string {
       "peak RSS, MiB",
       "prefill tok/s",
       "decode tok/s",
+      "decode CPU ms/token",
       "decode tok/s, batch 8",
       "ppl (ours)",
       "ppl (export)",
       "Δ ppl",
     ],
     rows,
-    [false, false, false, false, true, true, true, true, true, true, true, true, true, true],
+    [false, false, false, false, ...new Array(11).fill(true)],
   );
 }
 
@@ -223,6 +225,7 @@ export async function benchDeploy(ctx: BenchContext): Promise<BenchRecord> {
     const goals = {
       w4_g128_size_ratio: w4.file_bytes / fp.file_bytes,
       w4_g128_decode_speedup: w4.decode_tokens_per_s / fp.decode_tokens_per_s,
+      w4_g128_decode_cpu_ratio: fp.decode_cpu_ms_per_token / w4.decode_cpu_ms_per_token,
       max_ppl_rel_diff: Math.max(
         ...points.filter((p) => p.config !== "W4 g128, emb 8").map((p) => Math.abs(p.ppl_rel_diff)),
       ),
@@ -233,9 +236,8 @@ export async function benchDeploy(ctx: BenchContext): Promise<BenchRecord> {
       perplexity: goals.max_ppl_rel_diff <= 1e-3,
     };
     const slow = points.filter((p) =>
-      p.model === "LLaMA 1024×8" && p.decode_tokens_per_s < fp.decode_tokens_per_s
-    )
-      .map((p) => p.config);
+      p.model === "LLaMA 1024×8" && p.decode_tokens_per_s < 0.9 * fp.decode_tokens_per_s
+    ).map((p) => p.config);
     const load = Deno.loadavg()[0];
     await writeReadmeSection(
       "deploy",
@@ -250,16 +252,18 @@ export async function benchDeploy(ctx: BenchContext): Promise<BenchRecord> {
         `LLaMA (random weights: same sizes and speeds as any method, seconds instead of ~100 s ` +
         `a configuration). On the LLaMA: W4 g128 is ${goals.w4_g128_size_ratio.toFixed(3)}× the ` +
         `fp32 file (goal ≤ 0.2) and decodes ${goals.w4_g128_decode_speedup.toFixed(2)}× as fast ` +
-        `(goal ≥ 2); the largest perplexity difference is ${
-          (100 * goals.max_ppl_rel_diff).toFixed(4)
-        } % ` +
-        `(goal ≤ 0.1 %). ${
-          slow.length
-            ? `Slower than fp32 at decode: ${slow.join(", ")} — ORT's CPU kernel has no packed ` +
-              `float-activation path for 2- and 8-bit MatMulNBits and dequantizes the whole ` +
-              `matrix at every call. `
-            : ""
-        }Load average ${load.toFixed(1)} at the end (2 cores).`,
+        `(goal ≥ 2; ${goals.w4_g128_decode_cpu_ratio.toFixed(2)}× less CPU time per token, a ` +
+        `measure the machine's load does not skew); the largest perplexity difference is ` +
+        `${(100 * goals.max_ppl_rel_diff).toFixed(4)} % (goal ≤ 0.1 %). ${
+          slow.length ? `Slower than fp32 at decode (below 0.9×): ${slow.join(", ")}. ` : ""
+        }ORT's CPU kernel computes 4-bit MatMulNBits from prepacked blocks, but has no ` +
+        `float-activation kernel for 2 and 8 bits and dequantizes those whole matrices at every ` +
+        `call (the 8-bit head of the "emb 8" rows too), so W8 and W2 decode far slower than ` +
+        `fp32. At 4 bits a layer runs about twice as fast as in float (one 1024 × 2816 layer, ` +
+        `one token: 0.46 against 0.97 ms, DESIGN.md), while the rest of a step (attention, ` +
+        `norms, the float head, per-op overhead) does not shrink; int8 activations ` +
+        `(accuracy_level 4) would be faster and change the results. Load average ` +
+        `${load.toFixed(1)} at the end (2 cores).`,
     );
     const summary: SummaryRow[] = [
       {

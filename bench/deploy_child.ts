@@ -16,6 +16,8 @@ export interface DeployTiming {
   prefill_tokens: number;
   prefill_tokens_per_s: number;
   decode_tokens_per_s: number;
+  /** CPU time (all threads) per decoded token at batch 1: what load on the machine cannot skew. */
+  decode_cpu_ms_per_token: number;
   decode_batch8_tokens_per_s: number;
   peak_rss_bytes: number;
 }
@@ -23,8 +25,25 @@ export interface DeployTiming {
 /** Tokens of the prefill prompt, new tokens per decode run, prompt tokens before decoding. */
 export const PREFILL = 512, DECODE = 128, DECODE_PROMPT = 16;
 
-/** Decodes `steps` tokens per row after `prompt` rows of equal length; returns seconds. */
-async function decode(dec: OnnxDecoder, prompts: number[][], steps: number): Promise<number> {
+/** CPU time of this process so far (user + system, all threads), in ms; 0 where unknown. */
+function cpuMs(): number {
+  try {
+    const f = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Decodes `steps` tokens per row after `prompt` rows of equal length; returns the wall seconds
+ * and the CPU milliseconds of the decode steps.
+ */
+async function decode(
+  dec: OnnxDecoder,
+  prompts: number[][],
+  steps: number,
+): Promise<{ seconds: number; cpuMs: number }> {
   const B = prompts.length, P = prompts[0].length, V = dec.config.vocab;
   let { logits, cache } = await dec.step({
     ids: prompts.flat(),
@@ -32,7 +51,7 @@ async function decode(dec: OnnxDecoder, prompts: number[][], steps: number): Pro
     mask: new Array(B * P).fill(1),
     positions: prompts.flatMap((p) => p.map((_, i) => i)),
   }, dec.emptyCache(B));
-  const t0 = performance.now();
+  const t0 = performance.now(), c0 = cpuMs();
   for (let s = 0; s < steps; s++) {
     const T = s === 0 ? P : 1;
     const next = prompts.map((_, r) => {
@@ -46,7 +65,7 @@ async function decode(dec: OnnxDecoder, prompts: number[][], steps: number): Pro
       positions: new Array(B).fill(P + s),
     }, cache));
   }
-  return (performance.now() - t0) / 1000;
+  return { seconds: (performance.now() - t0) / 1000, cpuMs: cpuMs() - c0 };
 }
 
 async function main(dir: string) {
@@ -82,8 +101,9 @@ async function main(dir: string) {
       load_s,
       prefill_tokens: P,
       prefill_tokens_per_s: P / prefillSeconds,
-      decode_tokens_per_s: DECODE / one,
-      decode_batch8_tokens_per_s: (8 * DECODE) / eight,
+      decode_tokens_per_s: DECODE / one.seconds,
+      decode_cpu_ms_per_token: one.cpuMs / DECODE,
+      decode_batch8_tokens_per_s: (8 * DECODE) / eight.seconds,
       peak_rss_bytes: peakRss(),
     };
     console.log(JSON.stringify(out));
