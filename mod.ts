@@ -296,13 +296,13 @@ export {
   type PaddedBatch,
 } from "./serve/generate.ts";
 export {
-  ApiError,
   openAIHandler,
   type RunningServer,
   serveOpenAI,
   type ServerOptions,
-  Slots,
 } from "./serve/server.ts";
+export { ApiError, type Job, readRequest, type RequestContext } from "./serve/requests.ts";
+export { Slots } from "./serve/slots.ts";
 
 // Evaluation (eval/).
 export {
