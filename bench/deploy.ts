@@ -252,8 +252,8 @@ export async function benchDeploy(ctx: BenchContext): Promise<BenchRecord> {
         `LLaMA (random weights: same sizes and speeds as any method, seconds instead of ~100 s ` +
         `a configuration). On the LLaMA: W4 g128 is ${goals.w4_g128_size_ratio.toFixed(3)}× the ` +
         `fp32 file (goal ≤ 0.2) and decodes ${goals.w4_g128_decode_speedup.toFixed(2)}× as fast ` +
-        `(goal ≥ 2; ${goals.w4_g128_decode_cpu_ratio.toFixed(2)}× less CPU time per token, a ` +
-        `measure the machine's load does not skew); the largest perplexity difference is ` +
+        `(goal ≥ 2; ${goals.w4_g128_decode_cpu_ratio.toFixed(2)}× less CPU time per token, both ` +
+        `threads and their spinning counted); the largest perplexity difference is ` +
         `${(100 * goals.max_ppl_rel_diff).toFixed(4)} % (goal ≤ 0.1 %). ${
           slow.length ? `Slower than fp32 at decode (below 0.9×): ${slow.join(", ")}. ` : ""
         }ORT's CPU kernel computes 4-bit MatMulNBits from prepacked blocks, but has no ` +

@@ -16,7 +16,7 @@ export interface DeployTiming {
   prefill_tokens: number;
   prefill_tokens_per_s: number;
   decode_tokens_per_s: number;
-  /** CPU time (all threads) per decoded token at batch 1: what load on the machine cannot skew. */
+  /** CPU time per decoded token at batch 1: all threads, their spinning between ops included. */
   decode_cpu_ms_per_token: number;
   decode_batch8_tokens_per_s: number;
   peak_rss_bytes: number;

@@ -17,6 +17,11 @@ export interface DecoderOptions {
   threads?: number;
   /** The ONNX file under `onnx/` (default: the one the export's config names, or the only one). */
   file?: string;
+  /**
+   * Worker threads spin between ops (default true: a decode step is hundreds of tiny ops, and
+   * waking the threads for each doubled its time; false leaves the cores to other work).
+   */
+  spinning?: boolean;
 }
 
 /** A tensor as ONNX Runtime hands it over (the cache is kept in this form between steps). */
@@ -87,7 +92,10 @@ export class OnnxDecoder {
     const eos = new Set<number>([config.eos]);
     for (const v of [gen?.eos_token_id].flat()) if (typeof v === "number") eos.add(v);
     const tokenizer = await loadTokenizer(dir);
-    const session = await createSession(`${dir}/${file}`, o).catch((e: Error) => {
+    const session = await createSession(`${dir}/${file}`, {
+      ...o,
+      spinning: o.spinning ?? true,
+    }).catch((e: Error) => {
       throw new Error(`${dir}/${file}: ${e.message.split("\n")[0]}`);
     });
     for (const name of ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]) {
