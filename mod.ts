@@ -34,6 +34,8 @@ export {
   type Value,
 } from "./kernels/graph.ts";
 export {
+  createSession,
+  type CreateSessionOptions,
   type Device,
   DEVICES,
   type Feed,
@@ -78,7 +80,7 @@ export {
 } from "./formats/safetensors.ts";
 export { Checkpoint, CheckpointWriter, openCheckpoint } from "./formats/checkpoint.ts";
 export { modelDir, openModel, openTokenizer } from "./formats/open.ts";
-export { type ConfigExtras, ModelWriter } from "./formats/writer.ts";
+export { type ConfigExtras, copyTokenizerFiles, ModelWriter } from "./formats/writer.ts";
 export {
   codeBits,
   gridOf,
@@ -86,7 +88,6 @@ export {
   openQuantized,
   type QuantizedModel,
 } from "./formats/quantized.ts";
-export { exportOnnx, type ExportOptions } from "./formats/onnx.ts";
 export { packedWords, packInt32, unpackInt32 } from "./formats/bitpack.ts";
 export {
   checkPackable,
@@ -155,6 +156,17 @@ export {
   permuteRows,
   ropeRowOrder,
 } from "./formats/llama2c.ts";
+export {
+  DTYPE_OF_BITS,
+  type ExportParts,
+  type ExportReport,
+  ONNX_FILE_OF_DTYPE,
+  type OnnxExportOptions,
+  packedLinearOp,
+  writeOnnxExport,
+} from "./formats/onnx.ts";
+export { type NBitsPacking, type PackedLinear, packGrid } from "./formats/matmul_nbits.ts";
+export { INLINE_LIMIT, type OnnxFileResult, OnnxFileWriter } from "./formats/onnx_file.ts";
 
 // Text: tokenizers, data files, chat templates, calibration windows (text/).
 export {
@@ -171,7 +183,7 @@ export {
   spmVocabFromLlama2c,
   TokenType,
 } from "./text/spm.ts";
-export { type ChatMessage, renderChat } from "./text/chat.ts";
+export { type ChatMessage, encodeChat, renderChat } from "./text/chat.ts";
 export {
   calibrationStarts,
   type CalibrationWindows,
@@ -189,17 +201,26 @@ export {
 } from "./models/config.ts";
 export { type BlockWeights, expectShape, type ModelSource } from "./models/source.ts";
 export {
+  addBlock,
   attention,
+  type BlockBuildOptions,
   type BlockGraphOptions,
+  type BlockInputs,
+  type BlockSizes,
   buildBlockGraph,
   buildHeadGraph,
   CAPTURE_POINTS,
   type CapturePoint,
+  decoderMask,
   fakeQuantPerToken,
+  gemmLinear,
   type HeadGraphOptions,
+  type KvPair,
+  type LinearOp,
   rmsNorm,
   rope,
 } from "./models/block_graph.ts";
+export { ropeAt, ropeInvFreq, ropeTables } from "./models/rope.ts";
 export { ActivationFile } from "./models/activation_file.ts";
 export {
   type Activations,
@@ -329,8 +350,46 @@ export {
 export { ABQ, abqLoss, abqMethod, type AbqMethodOptions } from "./methods/abq.ts";
 export { loraMethod, type LoraOptions, QLLM, type QllmMethodOptions } from "./methods/qllm.ts";
 
+// An exported decoder: its session and KV cache, sampling, generation, the server (serve/).
+export {
+  type DecoderOptions,
+  type KvCache,
+  OnnxDecoder,
+  type OrtTensor,
+  type StepInput,
+} from "./serve/decoder.ts";
+export {
+  argmax,
+  checkSampling,
+  Sampler,
+  samplingDistribution,
+  type SamplingOptions,
+} from "./serve/sampling.ts";
+export {
+  type FinishReason,
+  generate,
+  type GenerateOptions,
+  type GenerateTimings,
+  type Generation,
+  leftPad,
+  type PaddedBatch,
+} from "./serve/generate.ts";
+export {
+  openAIHandler,
+  type RunningServer,
+  serveOpenAI,
+  type ServerOptions,
+} from "./serve/server.ts";
+export { ApiError, type Job, readRequest, type RequestContext } from "./serve/requests.ts";
+export { Slots } from "./serve/slots.ts";
+
 // Evaluation (eval/).
-export { perplexity, type PerplexityOptions, type PerplexityResult } from "./eval/perplexity.ts";
+export {
+  onnxPerplexity,
+  perplexity,
+  type PerplexityOptions,
+  type PerplexityResult,
+} from "./eval/perplexity.ts";
 export { greedy, type GreedyOptions } from "./eval/generate.ts";
 export {
   blockGraphLoglikelihood,
@@ -389,4 +448,5 @@ export {
   type PackResult,
   q8Grid,
 } from "./run/pack.ts";
+export { exportModel, type ExportRun, TABLE_BLOCK, tableGrid8 } from "./run/export.ts";
 export { Progress } from "./cli/progress.ts";

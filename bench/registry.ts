@@ -5,6 +5,7 @@
  * @module
  */
 import { benchClaq } from "./claq.ts";
+import { benchDeploy } from "./deploy.ts";
 import { benchEval } from "./eval.ts";
 import { benchFormats } from "./formats.ts";
 import { benchGptq } from "./gptq.ts";
@@ -59,5 +60,11 @@ export const BENCHMARKS: readonly Benchmark[] = [
     name: "hadamard",
     description: "online rotation: Sylvester factor as MatMul vs fast Walsh–Hadamard (README)",
     run: benchHadamard,
+  },
+  {
+    name: "deploy",
+    description:
+      "ONNX exports (MatMulNBits, KV cache): size, RSS, prefill/decode tokens/s, perplexity",
+    run: benchDeploy,
   },
 ];

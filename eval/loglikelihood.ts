@@ -18,6 +18,7 @@ import {
   runBlock,
 } from "../models/forward.ts";
 import type { ModelSource } from "../models/source.ts";
+import type { OnnxDecoder } from "../serve/decoder.ts";
 
 /** One request: token ids of a context (the tokenizer's BOS first) and of its continuation. */
 export interface LoglikelihoodRequest {
@@ -202,4 +203,48 @@ async function scoreBucket(
       each(b.members[w0 + k], r.nll.subarray(from, to), r.greedy!.subarray(from, to));
     }
   }
+}
+
+/**
+ * The {@linkcode LogLikelihood} of an exported decoder (`serve/decoder.ts`): each request one
+ * step with an empty cache over its context and continuation, the log-softmax of the positions
+ * before each continuation token computed here in float64.
+ */
+export function onnxLoglikelihood(dec: OnnxDecoder): LogLikelihood {
+  const maxLength = dec.config.maxSeq;
+  const V = dec.config.vocab;
+  return {
+    maxLength,
+    async loglikelihood(requests) {
+      const out: LoglikelihoodResult[] = [];
+      for (const r of requests) {
+        const { tokens, first } = scoredSequence(r, maxLength);
+        const input = tokens.slice(0, -1);
+        if (first === tokens.length) {
+          out.push({ logprob: 0, greedy: true });
+          continue;
+        }
+        const T = input.length;
+        const { logits } = await dec.step({
+          ids: input,
+          batch: 1,
+          mask: new Array(T).fill(1),
+          positions: Array.from({ length: T }, (_, i) => i),
+        }, dec.emptyCache(1));
+        let logprob = 0, greedy = true;
+        for (let t = first - 1; t < T; t++) {
+          const row = logits.subarray(t * V, (t + 1) * V);
+          let max = -Infinity, arg = 0;
+          for (let v = 0; v < V; v++) if (row[v] > max) [max, arg] = [row[v], v];
+          let z = 0;
+          for (let v = 0; v < V; v++) z += Math.exp(row[v] - max);
+          const target = tokens[t + 1];
+          logprob += row[target] - max - Math.log(z);
+          if (arg !== target) greedy = false;
+        }
+        out.push({ logprob, greedy });
+      }
+      return out;
+    },
+  };
 }

@@ -8,6 +8,7 @@ import type { Runtime } from "../kernels/session.ts";
 import { checkSeqlen } from "../models/config.ts";
 import { embed, runBlock, windowNll } from "../models/forward.ts";
 import type { ModelSource } from "../models/source.ts";
+import type { OnnxDecoder } from "../serve/decoder.ts";
 
 /** How to evaluate. */
 export interface PerplexityOptions {
@@ -102,8 +103,22 @@ export async function perplexity(
     undefined,
     from,
   );
+  return resultOf(nlls, T, t0, from);
+}
+
+/**
+ * The perplexity of windows of length T from their mean NLLs (exp of their mean), each window
+ * scored from position `from` on.
+ */
+function resultOf(
+  perWindowNll: Float64Array,
+  T: number,
+  t0: number,
+  from = 0,
+): PerplexityResult {
+  const W = perWindowNll.length;
   let sum = 0;
-  for (const v of nlls) sum += v;
+  for (const v of perWindowNll) sum += v;
   const nll = sum / W;
   return {
     ppl: Math.exp(nll),
@@ -111,7 +126,51 @@ export async function perplexity(
     windows: W,
     tokens: W * T,
     tokensScored: W * (T - 1 - from),
-    perWindowNll: nlls,
+    perWindowNll,
     seconds: (performance.now() - t0) / 1000,
   };
+}
+
+/**
+ * Perplexity through an exported decoder (`serve/decoder.ts`) on the same windows as
+ * {@linkcode perplexity}: each batch of windows is one step with an empty cache; the NLL of
+ * every position is computed here from the logits, in float64.
+ */
+export async function onnxPerplexity(
+  dec: OnnxDecoder,
+  ids: Int32Array,
+  o: Pick<PerplexityOptions, "seqlen" | "maxWindows" | "log"> = {},
+): Promise<PerplexityResult> {
+  const t0 = performance.now();
+  const c = dec.config;
+  const T = o.seqlen ?? Math.min(256, c.maxSeq);
+  checkSeqlen(c, T);
+  let W = Math.floor(ids.length / T);
+  if (o.maxWindows !== undefined) W = Math.min(W, o.maxWindows);
+  if (W === 0) throw new Error(`the data has ${ids.length} tokens: not one window of ${T}`);
+  const batch = Math.max(1, Math.min(W, Math.floor(64e6 / (4 * T * c.vocab))));
+  const positions = Array.from({ length: batch * T }, (_, i) => i % T);
+  const perWindowNll = new Float64Array(W);
+  for (let w0 = 0; w0 < W; w0 += batch) {
+    const b = Math.min(batch, W - w0);
+    o.log?.(`eval: windows ${w0 + 1}–${w0 + b} of ${W} through ${dec.file}`);
+    const win = ids.subarray(w0 * T, (w0 + b) * T);
+    const { logits } = await dec.step(
+      { ids: win, batch: b, mask: new Array(b * T).fill(1), positions: positions.slice(0, b * T) },
+      dec.emptyCache(b),
+    );
+    for (let i = 0; i < b; i++) {
+      let sum = 0;
+      for (let t = 0; t < T - 1; t++) {
+        const row = logits.subarray((i * T + t) * c.vocab, (i * T + t + 1) * c.vocab);
+        let max = -Infinity;
+        for (let v = 0; v < row.length; v++) if (row[v] > max) max = row[v];
+        let z = 0;
+        for (let v = 0; v < row.length; v++) z += Math.exp(row[v] - max);
+        sum += max + Math.log(z) - row[win[i * T + t + 1]];
+      }
+      perWindowNll[w0 + i] = sum / (T - 1);
+    }
+  }
+  return resultOf(perWindowNll, T, t0);
 }

@@ -22,7 +22,7 @@ import { type Checkpoint, CheckpointWriter, openCheckpoint } from "./checkpoint.
 import { roundGridScales } from "./packed.ts";
 import type { GridWeight, QuantizedModel } from "./quantized.ts";
 import type { RawData, WritableDtype } from "./safetensors.ts";
-import { copyTokenizer } from "./writer.ts";
+import { copyTokenizerFiles } from "./writer.ts";
 
 /** One stored tensor of a packed linear layer. */
 export interface PackedTensor {
@@ -104,7 +104,7 @@ export async function writePackedHf(
         2,
       ) + "\n",
     );
-    await copyTokenizer(model.path, tmp);
+    await copyTokenizerFiles(model.path, tmp);
     let bytes = 0;
     for (const f of files) bytes += (await Deno.stat(`${tmp}/${f}`)).size;
     await Deno.remove(clean, { recursive: true }).catch(() => {});

@@ -105,7 +105,7 @@ export class ModelWriter {
         `${this.tmpDir}/config.json`,
         JSON.stringify({ ...toHfConfig(this.#config), ...extras }, null, 2) + "\n",
       );
-      await copyTokenizer(tokenizerFrom, this.tmpDir);
+      await copyTokenizerFiles(tokenizerFrom, this.tmpDir);
       await Deno.remove(this.outDir, { recursive: true }).catch(() => {});
       await Deno.rename(this.tmpDir, this.outDir);
     } catch (e) {
@@ -123,11 +123,11 @@ export class ModelWriter {
 }
 
 /**
- * Copies a model's tokenizer files (`tokenizer.json`, its config files, or a llama2.c
- * `tok*.bin`) from the directory of `from` (a model directory or file) into `to`; a GGUF
- * model's vocabulary becomes `tokenizer.gguf`.
+ * Copies a model's tokenizer files (`tokenizer.json`, its config, special tokens, generation
+ * config; llama2.c's `tok*.bin` when there are none) from the model at `from` (a directory or
+ * file) into `to`; a GGUF model's vocabulary becomes `tokenizer.gguf`.
  */
-export async function copyTokenizer(from: string, to: string): Promise<void> {
+export async function copyTokenizerFiles(from: string, to: string): Promise<void> {
   const st = await Deno.stat(from);
   if (st.isFile && from.endsWith(".gguf")) {
     // GGUF: its own vocabulary, as a vocabulary-only GGUF file.

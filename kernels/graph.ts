@@ -100,6 +100,7 @@ export class Graph {
   #values = new Map<string, ValueInfo>();
   #counter = 0;
   #usesContrib = false;
+  #external: GraphInput[] = [];
 
   /** Declares a graph input. */
   input(name: string, shape: Dim[], dtype: DTypeCode = DType.float32): Value {
@@ -114,6 +115,23 @@ export class Graph {
     if (name !== v.name) this.#record("Identity", [v.name], [name], {}, "");
     this.#outputs.push(valueInfo(name, dtype, null));
     this.#outputNames.push(name);
+  }
+
+  /**
+   * Declares an initializer whose data this graph does not hold: a model file writer stores it
+   * (`formats/onnx_file.ts`), so a model's weights never sit in memory as protobuf. The value
+   * has the given type and shape; {@linkcode toBytes} leaves it out.
+   */
+  external(name: string, shape: number[], dtype: DTypeCode = DType.float32): Value {
+    if (this.#values.has(name)) throw new Error(`graph: "${name}" is already defined`);
+    this.#external.push(Object.freeze({ name, shape: Object.freeze([...shape]), dtype }));
+    this.#values.set(name, { shape: [...shape], dtype });
+    return { name };
+  }
+
+  /** The initializers declared with {@linkcode external}, in order. */
+  externals(): readonly GraphInput[] {
+    return this.#external.slice();
   }
 
   /** A float32 constant tensor (stored as an initializer). */
@@ -275,20 +293,38 @@ export class Graph {
 
   /** Serialises the model (opset 18, plus com.microsoft when contrib ops were used). */
   toBytes(): Uint8Array {
+    return onnx.ModelProto.encode(this.#modelProto(this.#graphProto())).finish();
+  }
+
+  /**
+   * The model as two protobuf messages, for a writer that appends the external initializers:
+   * the ModelProto without its graph, and the GraphProto without them.
+   */
+  encodeParts(): { model: Uint8Array; graph: Uint8Array } {
+    return {
+      model: onnx.ModelProto.encode(this.#modelProto(undefined)).finish(),
+      graph: onnx.GraphProto.encode(this.#graphProto()).finish(),
+    };
+  }
+
+  // deno-lint-ignore no-explicit-any
+  #graphProto(): any {
     const live = this.#liveNodes();
     const used = new Set([...live.flatMap((n) => n.inputs), ...this.#outputNames]);
-    const graph = onnx.GraphProto.create({
+    return onnx.GraphProto.create({
       name: "g",
       node: live.map(nodeProto),
       input: this.#inputs,
       output: this.#outputs,
       initializer: this.#inits.filter((t) => used.has(t.name!)),
     });
+  }
+
+  // deno-lint-ignore no-explicit-any
+  #modelProto(graph: any): any {
     const opsetImport = [{ domain: "", version: 18 }];
     if (this.#usesContrib) opsetImport.push({ domain: "com.microsoft", version: 1 });
-    return onnx.ModelProto.encode(
-      onnx.ModelProto.create({ irVersion: 8, opsetImport, producerName: "qllm-deno", graph }),
-    ).finish();
+    return onnx.ModelProto.create({ irVersion: 8, opsetImport, producerName: "qllm-deno", graph });
   }
 
   /** The nodes some output depends on (a graph built for fewer outputs skips the rest). */

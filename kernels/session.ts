@@ -112,36 +112,67 @@ export class Runtime {
     for (const s of all) await (await s).release();
   }
 
-  async #create(bytes: Uint8Array, arena: boolean): Promise<ort.InferenceSession> {
-    const opts: ort.InferenceSession.SessionOptions = {
-      executionProviders: [this.device],
-      intraOpNumThreads: this.#threads,
-      interOpNumThreads: 1,
-      graphOptimizationLevel: "all",
-      executionMode: "sequential",
-      // Without the arena, every run mmaps its large buffers afresh and runs up to 7× slower.
-      // Each session's arena keeps its own peak, so graphs are built for small batches
-      // (models/forward.ts) and grown only by what is requested.
-      enableCpuMemArena: arena,
-      extra: {
-        session: {
-          // Spinning worker threads would take the cores from the TypeScript loops between runs.
-          intra_op: { allow_spinning: "0" },
-        },
+  #create(bytes: Uint8Array, arena: boolean): Promise<ort.InferenceSession> {
+    return createSession(bytes, { device: this.device, threads: this.#threads, arena });
+  }
+}
+
+/** How {@linkcode createSession} makes a session. */
+export interface CreateSessionOptions {
+  /** Execution device (cpu by default). */
+  device?: Device;
+  /** Intra-op threads (default: all cores). */
+  threads?: number;
+  /** Keep ORT's memory arena (default true; see {@linkcode SessionOptions.arena}). */
+  arena?: boolean;
+  /**
+   * Let worker threads spin between the ops of a run (default false: the TypeScript loops
+   * between our runs need the cores). A decoder's step is hundreds of tiny ops, and waking
+   * sleeping threads for each took half of its time.
+   */
+  spinning?: boolean;
+}
+
+/**
+ * An ONNX Runtime session for a model's bytes or file path (a file's external data is read
+ * from beside it) with the toolkit's settings; a device that cannot be had is an error naming it.
+ */
+export async function createSession(
+  model: Uint8Array | string,
+  o: CreateSessionOptions = {},
+): Promise<InferenceSession> {
+  const device = o.device ?? "cpu";
+  const opts: ort.InferenceSession.SessionOptions = {
+    executionProviders: [device],
+    intraOpNumThreads: o.threads ?? navigator.hardwareConcurrency ?? 2,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: "all",
+    executionMode: "sequential",
+    // Without the arena, every run mmaps its large buffers afresh and runs up to 7× slower.
+    // Each session's arena keeps its own peak, so graphs are built for small batches
+    // (models/forward.ts) and grown only by what is requested.
+    enableCpuMemArena: o.arena ?? true,
+    extra: {
+      session: {
+        // Spinning worker threads would take the cores from the TypeScript loops between runs
+        // (unless asked for: see CreateSessionOptions.spinning).
+        intra_op: { allow_spinning: o.spinning ? "1" : "0" },
       },
-    };
-    try {
-      return await ort.InferenceSession.create(bytes, opts);
-    } catch (e) {
-      if (this.device === "cpu") throw e;
-      throw new Error(
-        `--device ${this.device}: ONNX Runtime could not create a session on this device ` +
-          `(${(e as Error).message.split("\n")[0]}). ` +
-          (this.device === "cuda"
-            ? "CUDA needs ONNX Runtime's CUDA binaries and an NVIDIA driver."
-            : "WebGPU needs a GPU adapter (Vulkan on Linux)."),
-      );
-    }
+    },
+  };
+  try {
+    return typeof model === "string"
+      ? await ort.InferenceSession.create(model, opts)
+      : await ort.InferenceSession.create(model, opts);
+  } catch (e) {
+    if (device === "cpu") throw e;
+    throw new Error(
+      `--device ${device}: ONNX Runtime could not create a session on this device ` +
+        `(${(e as Error).message.split("\n")[0]}). ` +
+        (device === "cuda"
+          ? "CUDA needs ONNX Runtime's CUDA binaries and an NVIDIA driver."
+          : "WebGPU needs a GPU adapter (Vulkan on Linux)."),
+    );
   }
 }
 

@@ -3,10 +3,15 @@
  * causal attention, SwiGLU, optional q/k/v biases, and optional per-token fake quantization of
  * the input of every linear layer. Weights are graph inputs, so one compiled session serves
  * every block of a model. Also the head graph (final norm, lm_head, per-token NLL or logits).
+ *
+ * The same builder makes the deployed decoder's blocks (`formats/onnx.ts`): sizes read at run
+ * time instead of fixed, RoPE from `position_ids`, a past K/V cache concatenated in front of the
+ * new keys and values (returned as the present cache), the mask from `attention_mask`, and a
+ * pluggable linear op (packed `MatMulNBits` layers) — so whatever a block computes reaches both.
  * @module
  */
 import { DType, Graph, type Value } from "../kernels/graph.ts";
-import { blockTensorShapes, type ModelConfig } from "./config.ts";
+import { blockTensorShapes, type LinearName, type ModelConfig } from "./config.ts";
 
 /** What a block graph computes besides its output. */
 export interface BlockGraphOptions {
@@ -230,39 +235,85 @@ export function rope(g: Graph, x: Value, cos: Value, sin: Value, headDim: number
 }
 
 /**
+ * The sizes a block is built for: fixed numbers (the calibration graphs), or `bt`, an int64
+ * value [2] holding B and T at run time (the deployed decoder; `Shape(input_ids)`).
+ */
+export type BlockSizes = { batch: number; seqlen: number } | { bt: Value };
+
+/** One block's attention keys and values, [B, KV, S, hd] (after RoPE and the q/k/v quantizer). */
+export interface KvPair {
+  /** Keys. */
+  key: Value;
+  /** Values. */
+  value: Value;
+}
+
+/** Reshapes x to [B, T, ...tail] with B and T read at run time from `bt`. */
+function reshapeBT(g: Graph, x: Value, bt: Value, tail: number[]): Value {
+  return g.op("Reshape", [x, g.concat([bt, g.int64(tail)], 0)]);
+}
+
+/**
  * Causal grouped-query attention with RoPE (rotate-half) on q and k, before o_proj: q [B·T, H·hd],
- * k and v [B·T, KV·hd] → [B·T, H·hd], and the attention probabilities [B, KV, G, T, T]. With
+ * k and v [B·T, KV·hd] → [B·T, H·hd], and the attention probabilities [B, KV, G, T, S]. With
  * `kvBits` < 16, q and k (after RoPE) and v are fake-quantized per token and head; when the
  * block's tensors `w` carry a `qk` online rotation, q and k are rotated per head after RoPE,
  * before that quantizer.
+ *
+ * With static sizes, `r.mask` is [T, T] and S = T. With run-time sizes (`bt`), `r.mask` is
+ * [B, 1, 1, T, S] ({@linkcode decoderMask}), `r.past` holds the earlier positions' keys and
+ * values, which the new ones are appended to, and the result's `present` is the whole cache.
  */
 export function attention(
   g: Graph,
   c: ModelConfig,
-  o: { batch: number; seqlen: number; kvBits?: number },
+  o: BlockSizes & { kvBits?: number },
   q: Value,
   k: Value,
   v: Value,
-  r: { cos: Value; sin: Value; mask: Value },
+  r: { cos: Value; sin: Value; mask: Value; past?: KvPair },
   w: Record<string, Value> = {},
-): { out: Value; probs: Value } {
-  const { batch: B, seqlen: T } = o;
+): { out: Value; probs: Value; present?: KvPair } {
   const H = c.heads, KV = c.kvHeads, hd = c.headDim, G = H / KV;
   const kvq = (x: Value) =>
     (o.kvBits !== undefined && o.kvBits < 16) ? fakeQuantPerToken(g, x, o.kvBits) : x;
+  const scaled = (scores: Value) =>
+    g.op("Softmax", [g.add(g.div(scores, g.scalar(Math.sqrt(hd))), r.mask)], { axis: -1 });
+  // RoPE, then the online rotation of q and k per head when the block carries one (R3).
+  const rotatesQk = w[onlineRotationNames("qk")[1]] !== undefined;
+  if ("bt" in o) {
+    const heads = (x: Value, n: number) => reshapeBT(g, x, o.bt, [n, hd]);
+    const roped = (x: Value, n: number) => {
+      const y = rope(g, heads(x, n), r.cos, r.sin, hd);
+      if (!rotatesQk) return y;
+      return reshapeBT(g, onlineRotation(g, g.reshape(y, [-1, hd]), w, "qk"), o.bt, [n, hd]);
+    };
+    const qr = g.reshape(g.transpose(kvq(roped(q, H)), [0, 2, 1, 3]), [0, KV, G, -1, hd]);
+    const kNew = g.transpose(kvq(roped(k, KV)), [0, 2, 1, 3]);
+    const vNew = g.transpose(kvq(heads(v, KV)), [0, 2, 1, 3]);
+    const key = r.past ? g.concat([r.past.key, kNew], 2) : kNew;
+    const value = r.past ? g.concat([r.past.value, vNew], 2) : vNew;
+    const kr = g.op("Unsqueeze", [g.transpose(key, [0, 1, 3, 2]), g.int64([2])]);
+    const probs = scaled(g.matmul(qr, kr));
+    const ctx = g.matmul(probs, g.op("Unsqueeze", [value, g.int64([2])]));
+    const out = g.reshape(
+      g.transpose(g.reshape(ctx, [0, H, -1, hd]), [0, 2, 1, 3]),
+      [-1, H * hd],
+    );
+    return { out, probs, present: { key, value } };
+  }
+  const { batch: B, seqlen: T } = o;
   const heads = (x: Value, n: number) => g.reshape(x, [B, T, n, hd]);
   const qh = heads(q, H), kh = heads(k, KV), vh = heads(v, KV);
-  // RoPE, then the online rotation of q and k per head when the block carries one (R3).
   const roped = (x: Value, n: number) => {
     const y = rope(g, x, r.cos, r.sin, hd);
-    if (!w[onlineRotationNames("qk")[1]]) return y;
+    if (!rotatesQk) return y;
     return g.reshape(onlineRotation(g, g.reshape(y, [B * T * n, hd]), w, "qk"), [B, T, n, hd]);
   };
   const qr = g.reshape(g.transpose(kvq(roped(qh, H)), [0, 2, 1, 3]), [B, KV, G, T, hd]);
   const kr = g.reshape(g.transpose(kvq(roped(kh, KV)), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
   const vr = g.reshape(g.transpose(kvq(vh), [0, 2, 1, 3]), [B, KV, 1, T, hd]);
-  const scores = g.add(g.div(g.matmul(qr, kr), g.scalar(Math.sqrt(hd))), r.mask);
-  const probs = g.op("Softmax", [scores], { axis: -1 });
+  const probs = scaled(g.matmul(qr, kr));
   const out = g.reshape(
     g.transpose(g.reshape(g.matmul(probs, vr), [B, H, T, hd]), [0, 2, 1, 3]),
     [B * T, H * hd],
@@ -270,14 +321,71 @@ export function attention(
   return { out, probs };
 }
 
-/** The values a block reads: `x` [B,T,d], `cos`/`sin` [T,1,hd/2], `mask` [T,T], weights by name. */
-export interface BlockInputs {
-  x: Value;
-  cos: Value;
-  sin: Value;
-  mask: Value;
-  w: Record<string, Value>;
+/**
+ * The deployed decoder's additive attention mask [B, 1, 1, T, S] from `attention_mask`
+ * (int64 [B, S], 1 for a real token, S = past + T): the t-th new token sees key j when
+ * j ≤ S − T + t and the mask is 1 at j; −1e30 elsewhere, as the calibration graphs' causal mask.
+ */
+export function decoderMask(g: Graph, attentionMask: Value, bt: Value): Value {
+  const at = (v: Value, i: number) => g.op("Gather", [v, g.int64([i], [])], { axis: 0 });
+  const S = at(g.op("Shape", [attentionMask]), 1), T = at(bt, 1);
+  const one = g.int64([1], []);
+  const keys = g.op("Range", [g.int64([0], []), S, one]);
+  const queries = g.op("Range", [g.sub(S, T), S, one]);
+  const causal = g.op("LessOrEqual", [
+    g.op("Unsqueeze", [keys, g.int64([0])]),
+    g.op("Unsqueeze", [queries, g.int64([1])]),
+  ]);
+  const real = g.op("Unsqueeze", [
+    g.op("Cast", [attentionMask], { to: DType.bool }),
+    g.int64([1, 2, 3]),
+  ]);
+  return g.op("Where", [g.op("And", [causal, real]), g.scalar(0), g.scalar(-1e30)]);
 }
+
+/**
+ * A linear layer as graph ops: x [N, in] → [N, out], for the layer `name` of a block whose
+ * tensors are `w`.
+ */
+export type LinearOp = (g: Graph, x: Value, name: LinearName, w: Record<string, Value>) => Value;
+
+/** The calibration graphs' linear layer: `Gemm` with the block's weight (and bias) tensors. */
+export function gemmLinear(
+  g: Graph,
+  x: Value,
+  name: LinearName,
+  w: Record<string, Value>,
+): Value {
+  const bias = w[`${name}.bias`];
+  return g.op("Gemm", bias ? [x, w[`${name}.weight`], bias] : [x, w[`${name}.weight`]], {
+    transB: 1,
+  });
+}
+
+/**
+ * The values a block reads: `x` [B,T,d], `cos`/`sin` ([T,1,hd/2], or [B,T,1,hd/2] from
+ * `position_ids`), `mask` ([T,T], or [B,1,1,T,S] from {@linkcode decoderMask}), its tensors by
+ * name; in the deployed decoder also the past K/V and the linear op.
+ */
+export interface BlockInputs {
+  /** The block's input [B, T, d]. */
+  x: Value;
+  /** RoPE cosines. */
+  cos: Value;
+  /** RoPE sines. */
+  sin: Value;
+  /** Additive attention mask. */
+  mask: Value;
+  /** The block's tensors by name (weights, norms, reassembly maps, static scales). */
+  w: Record<string, Value>;
+  /** Keys and values of the earlier positions (run-time sizes only). */
+  past?: KvPair;
+  /** How each linear layer is computed (default {@linkcode gemmLinear}). */
+  linear?: LinearOp;
+}
+
+/** What {@linkcode addBlock} builds: the sizes and the run-time activation quantizers. */
+export type BlockBuildOptions = BlockSizes & { abits?: number; kvBits?: number };
 
 /** Builds the block graph. Inputs: `x` [B,T,d], `cos`/`sin` [T,1,hd/2], `mask` [T,T], weights. */
 export function buildBlockGraph(c: ModelConfig, o: BlockGraphOptions): Uint8Array {
@@ -311,17 +419,17 @@ export function buildBlockGraph(c: ModelConfig, o: BlockGraphOptions): Uint8Arra
 }
 
 /**
- * Adds the block to `g` on the given values; returns its output [B,T,d] and the (quantized)
- * input of each linear group. `o.capture` is not read here.
+ * Adds the block to `g` on the given values; returns its output [B,T,d], the (quantized)
+ * input of each linear group and, with run-time sizes, the present K/V cache.
  */
 export function addBlock(
   g: Graph,
   c: ModelConfig,
-  o: BlockGraphOptions,
-  { x, cos, sin, mask, w }: BlockInputs,
-): { y: Value; captured: Record<CapturePoint, Value>; probs: Value } {
-  const { batch: B, seqlen: T } = o;
-  const N = B * T, d = c.hidden;
+  o: BlockBuildOptions,
+  { x, cos, sin, mask, w, past, linear: linearOp = gemmLinear }: BlockInputs,
+): { y: Value; captured: Record<CapturePoint, Value>; probs: Value; present?: KvPair } {
+  const d = c.hidden;
+  const N = "bt" in o ? -1 : o.batch * o.seqlen;
   const quantizing = o.abits !== undefined && o.abits < 16;
   const aq = (v: Value, point: CapturePoint) => {
     let r = point === "x_down" ? onlineRotation(g, v, w, "x_down") : v;
@@ -334,25 +442,22 @@ export function addBlock(
     }
     return r;
   };
-  const linear = (v: Value, name: string) => {
-    const bias = w[`${name}.bias`];
-    return g.op("Gemm", bias ? [v, w[`${name}.weight`], bias] : [v, w[`${name}.weight`]], {
-      transB: 1,
-    });
-  };
+  const linear = (v: Value, name: LinearName) => linearOp(g, v, name, w);
   const captured = {} as Record<CapturePoint, Value>;
 
   const x2d = g.reshape(x, [N, d]);
   const hAttn = aq(rmsNorm(g, x2d, w["input_layernorm.weight"], c.rmsEps), "x_qkv");
   captured.x_qkv = hAttn;
-  const { out: attn, probs } = attention(
+  const { out: attn, probs, present } = attention(
     g,
     c,
-    { batch: B, seqlen: T, kvBits: o.kvBits },
+    "bt" in o
+      ? { bt: o.bt, kvBits: o.kvBits }
+      : { batch: o.batch, seqlen: o.seqlen, kvBits: o.kvBits },
     linear(hAttn, "self_attn.q_proj"),
     linear(hAttn, "self_attn.k_proj"),
     linear(hAttn, "self_attn.v_proj"),
-    { cos, sin, mask },
+    { cos, sin, mask, past },
     w,
   );
   const attnQ = aq(attn, "x_o");
@@ -366,7 +471,8 @@ export function addBlock(
   const act = aq(g.mul(g.mul(gate, g.op("Sigmoid", [gate])), up), "x_down");
   captured.x_down = act;
   const y = g.add(x1, linear(act, "mlp.down_proj"));
-  return { y: g.reshape(y, [B, T, d]), captured, probs };
+  const out = "bt" in o ? reshapeBT(g, y, o.bt, [d]) : g.reshape(y, [o.batch, o.seqlen, d]);
+  return { y: out, captured, probs, present };
 }
 
 /** What the head graph returns. */

@@ -18,24 +18,9 @@ import {
 } from "./block_graph.ts";
 import { blockTensorShapes, type ModelConfig } from "./config.ts";
 import type { BlockWeights } from "./source.ts";
+import { ropeTables } from "./rope.ts";
 
-/** RoPE tables [T, 1, hd/2] in float32 as the reference computes them (θ^(2i/hd), pos·inv_freq). */
-export function ropeTables(c: ModelConfig, seqlen: number): { cos: Tensor; sin: Tensor } {
-  const h = c.headDim / 2;
-  const inv = new Float32Array(h);
-  for (let i = 0; i < h; i++) {
-    inv[i] = Math.fround(1 / Math.fround(c.ropeTheta ** Math.fround((2 * i) / c.headDim)));
-  }
-  const cos = new Float32Array(seqlen * h), sin = new Float32Array(seqlen * h);
-  for (let t = 0; t < seqlen; t++) {
-    for (let i = 0; i < h; i++) {
-      const a = Math.fround(t * inv[i]);
-      cos[t * h + i] = Math.cos(a);
-      sin[t * h + i] = Math.sin(a);
-    }
-  }
-  return { cos: { data: cos, shape: [seqlen, 1, h] }, sin: { data: sin, shape: [seqlen, 1, h] } };
-}
+export { ropeTables };
 
 /** Additive causal mask [T, T]: 0 on and below the diagonal, −1e30 above. */
 export function causalMask(seqlen: number): Tensor {

@@ -1,24 +1,38 @@
 /**
  * Perplexity of a model on a text file (PROTOCOL.md §3) and zero-shot multiple-choice accuracy
- * on task files (lm-evaluation-harness's log-likelihood protocol), streaming block by block.
- * `deno run -A pipelines/eval.ts --model DIR [--data FILE] [--seqlen 256] [--max-windows N]
- * [--tasks FILE[,FILE…]] [--task-limit N] [--device cpu] [--json]`.
+ * on task files (lm-evaluation-harness's log-likelihood protocol), streaming block by block —
+ * or through an exported model run by ONNX Runtime (`--onnx DIR`), on the same windows.
+ * `deno run -A pipelines/eval.ts [--model DIR | --onnx DIR] [--data FILE] [--seqlen 256]
+ * [--max-windows N] [--tasks FILE[,FILE…]] [--task-limit N] [--device cpu] [--json]`.
  * @module
  */
+import { deviceFlag, intFlag, parseFlags, runMain, UsageError } from "../cli/flags.ts";
+import { Progress } from "../cli/progress.ts";
+import {
+  blockGraphLoglikelihood,
+  type LogLikelihood,
+  onnxLoglikelihood,
+} from "../eval/loglikelihood.ts";
+import {
+  defaultSeqlen,
+  onnxPerplexity,
+  perplexity,
+  type PerplexityResult,
+} from "../eval/perplexity.ts";
+import { evaluateTasks, formatTaskResult } from "../eval/zero_shot.ts";
 import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
 import { openModel, openTokenizer } from "../formats/open.ts";
 import { Runtime } from "../kernels/session.ts";
 import { checkSeqlen } from "../models/config.ts";
-import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
-import { blockGraphLoglikelihood } from "../eval/loglikelihood.ts";
-import { evaluateTasks, formatTaskResult } from "../eval/zero_shot.ts";
-import { deviceFlag, intFlag, parseFlags, runMain } from "../cli/flags.ts";
-import { Progress } from "../cli/progress.ts";
+import { OnnxDecoder } from "../serve/decoder.ts";
 import { readDataset } from "../text/dataset.ts";
+import type { TextTokenizer } from "../text/tokenizer.ts";
 
-const USAGE = `usage: deno run -A pipelines/eval.ts [--model DIR] [--data FILE] [--seqlen N]
-       [--max-windows N] [--tasks FILE[,FILE…]] [--task-limit N] [--device cpu|webgpu|cuda]
-       [--json]
+const USAGE = `usage: deno run -A pipelines/eval.ts [--model DIR | --onnx DIR] [--data FILE]
+       [--seqlen N] [--max-windows N] [--tasks FILE[,FILE…]] [--task-limit N]
+       [--device cpu|webgpu|cuda] [--json]
+  --onnx DIR           an exported model (pipelines/export.ts), run by ONNX Runtime; --file NAME
+                       picks the ONNX file under onnx/ (default: the export's own)
   --data FILE          perplexity on this text (.txt, .jsonl); default the TinyStories
                        validation text, unless --tasks is given alone
   --tasks A,B          zero-shot accuracy on these task files (JSON lines: {"context",
@@ -26,9 +40,20 @@ const USAGE = `usage: deno run -A pipelines/eval.ts [--model DIR] [--data FILE] 
                        datasets publish them)
   --task-limit N       only the first N questions of each task`;
 
+/** What the command measures on one model, whichever runtime it comes from. */
+interface Backend {
+  tokenizer: TextTokenizer;
+  seqlen: number;
+  perplexity(ids: Int32Array): Promise<PerplexityResult>;
+  scorer(): LogLikelihood;
+  close(): Promise<void>;
+}
+
 async function main(argv: string[]) {
   const f = parseFlags(argv, {
     model: { type: "string" },
+    onnx: { type: "string" },
+    file: { type: "string" },
     data: { type: "string" },
     seqlen: { type: "string" },
     "max-windows": { type: "string" },
@@ -39,35 +64,34 @@ async function main(argv: string[]) {
     help: { type: "boolean" },
   }, USAGE);
   if (f.help) return console.log(USAGE);
-  const modelPath = (f.model as string | undefined) ?? DEFAULT_MODEL;
+  if (f.onnx !== undefined && f.model !== undefined) {
+    throw new UsageError("--model and --onnx exclude each other");
+  }
+  const modelPath = (f.onnx as string | undefined) ?? (f.model as string | undefined) ??
+    DEFAULT_MODEL;
   const taskFiles = ((f.tasks as string | undefined) ?? "").split(",").filter((s) => s);
   const dataPath = (f.data as string | undefined) ??
     (taskFiles.length ? undefined : fixtureText("tinystories_val.txt"));
   const taskLimit = f["task-limit"] === undefined
     ? undefined
     : intFlag(f["task-limit"], "--task-limit");
-  const rt = new Runtime(deviceFlag(f.device));
+  const maxWindows = f["max-windows"] === undefined
+    ? undefined
+    : intFlag(f["max-windows"], "--max-windows");
   const progress = new Progress();
-  const model = await openModel(modelPath);
+  const log = (m: string) => progress.log(m);
+  const backend = f.onnx !== undefined
+    ? await onnxBackend(modelPath, f, maxWindows, log)
+    : await graphBackend(modelPath, f, maxWindows, log);
   try {
-    const seqlen = intFlag(f.seqlen, "--seqlen", defaultSeqlen(model), 2);
-    checkSeqlen(model.config, seqlen);
-    const maxWindows = f["max-windows"] === undefined
-      ? undefined
-      : intFlag(f["max-windows"], "--max-windows");
-    const tok = await openTokenizer(modelPath);
     const out: Record<string, unknown> = { model: modelPath };
     if (dataPath !== undefined) {
-      const ids = await readDataset(dataPath, tok);
+      const ids = await readDataset(dataPath, backend.tokenizer);
       progress.log(`${dataPath}: ${ids.length} tokens`);
-      const r = await perplexity(rt, model, ids, {
-        seqlen,
-        maxWindows,
-        log: (m) => progress.log(m),
-      });
+      const r = await backend.perplexity(ids);
       Object.assign(out, {
         data: dataPath,
-        seqlen,
+        seqlen: backend.seqlen,
         ppl: r.ppl,
         nll: r.nll,
         windows: r.windows,
@@ -78,16 +102,15 @@ async function main(argv: string[]) {
       });
       if (!f.json) {
         console.log(
-          `perplexity ${r.ppl.toFixed(4)} on ${dataPath} (${r.windows} windows of ${seqlen}, ` +
-            `${r.tokensScored} tokens scored, ${r.seconds.toFixed(1)} s)`,
+          `perplexity ${r.ppl.toFixed(4)} on ${dataPath} (${r.windows} windows of ` +
+            `${backend.seqlen}, ${r.tokensScored} tokens scored, ${r.seconds.toFixed(1)} s)`,
         );
       }
     }
     if (taskFiles.length) {
-      const scorer = blockGraphLoglikelihood(rt, model);
-      const tasks = await evaluateTasks(scorer, tok, taskFiles, {
+      const tasks = await evaluateTasks(backend.scorer(), backend.tokenizer, taskFiles, {
         limit: taskLimit,
-        log: (m) => progress.log(m),
+        log,
       });
       out.tasks = tasks;
       if (!f.json) {
@@ -96,9 +119,58 @@ async function main(argv: string[]) {
     }
     if (f.json) console.log(JSON.stringify(out));
   } finally {
+    await backend.close();
+  }
+}
+
+/** Our block graph over a checkpoint, one block at a time. */
+async function graphBackend(
+  path: string,
+  f: Record<string, unknown>,
+  maxWindows: number | undefined,
+  log: (m: string) => void,
+): Promise<Backend> {
+  const rt = new Runtime(deviceFlag(f.device));
+  const model = await openModel(path);
+  try {
+    const seqlen = intFlag(f.seqlen, "--seqlen", defaultSeqlen(model), 2);
+    checkSeqlen(model.config, seqlen);
+    return {
+      tokenizer: await openTokenizer(path),
+      seqlen,
+      perplexity: (ids) => perplexity(rt, model, ids, { seqlen, maxWindows, log }),
+      scorer: () => blockGraphLoglikelihood(rt, model),
+      close: async () => {
+        model.close();
+        await rt.release();
+      },
+    };
+  } catch (e) {
     model.close();
     await rt.release();
+    throw e;
   }
+}
+
+/** An exported decoder run by ONNX Runtime. */
+async function onnxBackend(
+  dir: string,
+  f: Record<string, unknown>,
+  maxWindows: number | undefined,
+  log: (m: string) => void,
+): Promise<Backend> {
+  const dec = await OnnxDecoder.open(dir, {
+    device: deviceFlag(f.device),
+    file: f.file as string | undefined,
+  });
+  const seqlen = intFlag(f.seqlen, "--seqlen", Math.min(256, dec.config.maxSeq), 2);
+  return {
+    tokenizer: dec.tokenizer,
+    seqlen,
+    perplexity: (ids) => onnxPerplexity(dec, ids, { seqlen, maxWindows, log }),
+    scorer: () => onnxLoglikelihood(dec),
+    close: () => dec.release(),
+  };
 }
 
 if (import.meta.main) await runMain(main);

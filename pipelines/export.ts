@@ -1,89 +1,116 @@
 /**
- * Exports a model (ours or any checkpoint we read) as one ONNX graph from token ids to logits.
- * `deno run -A pipelines/export.ts --model DIR --out model.onnx [--seqlen 256] [--batch 1]`
- *
- * `--format gptq|compressed-tensors|gguf` packs it for other runtimes instead (`run/pack.ts`):
- * `--out` is a directory (gptq, compressed-tensors) or a `.gguf` file; float32 scales are
- * rounded to fp16, and the packed model's own perplexity is printed (`--eval FILE|none`,
- * `--eval-windows N`); `--type f16` writes an unquantized model's GGUF as F16, and
- * `--embedding-type q8_0` stores a GGUF's embedding and head as Q8_0, as llama.cpp's files do.
+ * Exports a model (ours or any checkpoint we read) for other runtimes.
+ * `deno run -A pipelines/export.ts [--model DIR] --out DIR [--format onnx] [--embeddings 8]
+ * [--eval val,FILE] [--eval-windows N] [--json] [--quiet]` writes a deployable ONNX directory;
+ * `--format gptq|compressed-tensors|gguf` packs it instead (`run/pack.ts`): `--out` is a
+ * directory (gptq, compressed-tensors) or a `.gguf` file; float32 scales are rounded to fp16, and
+ * the packed model's own perplexity is printed (`--eval FILE|none`, `--eval-windows N`);
+ * `--type f16` writes an unquantized model's GGUF as F16, and `--embedding-type q8_0` stores a
+ * GGUF's embedding and head as Q8_0, as llama.cpp's files do.
  * @module
  */
-import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
+import { intFlag, parseFlags, runMain, UsageError } from "../cli/flags.ts";
+import { DEFAULT_MODEL, FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
-import { packAndEvaluate } from "../run/pack.ts";
+import { exportModel } from "../run/export.ts";
 import { packedFormatFlag } from "../run/main.ts";
-import { exportOnnx } from "../formats/onnx.ts";
-import { openModel } from "../formats/open.ts";
-import { intFlag, parseFlags, runMain } from "../cli/flags.ts";
+import { packAndEvaluate } from "../run/pack.ts";
 
-const USAGE =
-  "usage: deno run -A pipelines/export.ts [--model DIR] --out FILE.onnx [--seqlen N] [--batch N]\n" +
-  "       deno run -A pipelines/export.ts [--model DIR] --format gptq|compressed-tensors|gguf\n" +
-  "         --out DIR|FILE.gguf [--type f32|f16] [--embedding-type q8_0] [--eval FILE|none]\n" +
-  "         [--eval-windows N]";
+const USAGE = `usage: deno run -A pipelines/export.ts [--model DIR] --out DIR [--format F]
+       [--embeddings 32|8] [--eval val,wikitext2,FILE] [--eval-windows N] [--json] [--quiet]
+  --format F           onnx (default): onnx/model*.onnx with MatMulNBits layers and a KV cache,
+                       config.json, generation_config.json and the tokenizer files, in the
+                       layout transformers.js and Optimum load;
+                       gptq | compressed-tensors: a Hugging Face directory for vLLM and
+                       transformers; gguf: a .gguf file for llama.cpp (--out FILE.gguf)
+  --embeddings B       onnx: 32 (float, default) or 8: the embedding and head in 8 bits
+  --type T             gguf: f32 (default) or f16 for an unquantized model's weights
+  --embedding-type T   gguf: q8_0 stores the embedding and head as Q8_0
+  --eval A,B           also measure the exported model's perplexity (val, wikitext2 or a file;
+                       packed formats evaluate val unless --eval none)
+  --eval-windows N     evaluate the first N windows only`;
 
-function embeddingFlag(f: Record<string, unknown>): "Q8_0" {
-  if (String(f["embedding-type"]).toUpperCase() !== "Q8_0") {
-    throw new Error(`--embedding-type ${f["embedding-type"]}: only q8_0 (default: as --type)`);
-  }
-  return "Q8_0";
-}
+const FLAGS = {
+  model: { type: "string" },
+  out: { type: "string" },
+  format: { type: "string" },
+  embeddings: { type: "string" },
+  type: { type: "string" },
+  "embedding-type": { type: "string" },
+  eval: { type: "string" },
+  "eval-windows": { type: "string" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean" },
+  help: { type: "boolean" },
+} as const;
 
-/** `--format gptq|compressed-tensors|gguf`: pack, evaluate the packed model, print JSON. */
-async function exportPacked(f: Record<string, unknown>): Promise<void> {
+type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>;
+
+const evalFiles = (f: Flags, fallback: string[]) =>
+  ((f.eval as string | undefined) ?? fallback.join(",")).split(",")
+    .filter((s) => s && s !== "none").map((n) => FIXTURE_DEFAULTS.evalTexts[n] ?? n);
+
+const evalWindows = (f: Flags) =>
+  f["eval-windows"] === undefined ? undefined : intFlag(f["eval-windows"], "--eval-windows");
+
+/** A packed format: pack, evaluate the packed model, return its result. */
+async function exportPacked(f: Flags, model: string, out: string): Promise<unknown> {
   const type = String(f.type ?? "f32").toUpperCase();
-  if (type !== "F32" && type !== "F16") throw new Error(`--type ${f.type}: expected f32 or f16`);
-  const evalFile = (f.eval as string | undefined) ?? fixtureText("tinystories_val.txt");
+  if (type !== "F32" && type !== "F16") {
+    throw new UsageError(`--type ${f.type}: expected f32 or f16`);
+  }
+  if (f["embedding-type"] !== undefined && String(f["embedding-type"]).toUpperCase() !== "Q8_0") {
+    throw new UsageError(`--embedding-type ${f["embedding-type"]}: only q8_0 (default: as --type)`);
+  }
   const rt = new Runtime("cpu");
   try {
-    const r = await packAndEvaluate(rt, (f.model as string | undefined) ?? DEFAULT_MODEL, {
+    return await packAndEvaluate(rt, model, {
       format: packedFormatFlag(f.format)!,
-      out: f.out as string,
+      out,
       floatType: type,
-      ...(f["embedding-type"] === undefined ? {} : { embeddingType: embeddingFlag(f) }),
-      evalFiles: evalFile === "none" ? [] : [evalFile],
-      windows: f["eval-windows"] === undefined
-        ? undefined
-        : intFlag(f["eval-windows"], "--eval-windows"),
-      log: (m) => console.error(m),
+      ...(f["embedding-type"] === undefined ? {} : { embeddingType: "Q8_0" as const }),
+      evalFiles: evalFiles(f, ["val"]),
+      windows: evalWindows(f),
+      log: f.quiet ? () => {} : (m) => console.error(m),
     });
-    console.log(JSON.stringify(r, null, 2));
   } finally {
     await rt.release();
   }
 }
 
-async function main(argv: string[]) {
-  const f = parseFlags(argv, {
-    model: { type: "string" },
-    out: { type: "string" },
-    seqlen: { type: "string" },
-    batch: { type: "string" },
-    format: { type: "string" },
-    type: { type: "string" },
-    eval: { type: "string" },
-    "eval-windows": { type: "string" },
-    "embedding-type": { type: "string" },
-    help: { type: "boolean" },
-  }, USAGE);
-  if (f.help) return console.log(USAGE);
-  if (!f.out) throw new Error(`--out is required\n${USAGE}`);
-  if (f.format !== undefined && f.format !== "onnx") return await exportPacked(f);
-  const model = await openModel((f.model as string | undefined) ?? DEFAULT_MODEL);
-  try {
-    const bytes = await exportOnnx(model, {
-      batch: intFlag(f.batch, "--batch", 1),
-      seqlen: intFlag(f.seqlen, "--seqlen", Math.min(256, model.config.maxSeq), 2),
+/** The formats the command writes, by `--format` name. */
+const FORMATS: Record<string, (f: Flags, model: string, out: string) => Promise<unknown>> = {
+  onnx: (f, model, out) => {
+    const embeddings = intFlag(f.embeddings, "--embeddings", 32);
+    if (embeddings !== 32 && embeddings !== 8) {
+      throw new UsageError(`--embeddings ${embeddings}: expected 32 or 8`);
+    }
+    return exportModel({
+      model,
+      out,
+      embeddings,
+      eval: { files: evalFiles(f, []), windows: evalWindows(f) },
+      quiet: !!f.quiet,
     });
-    const out = f.out as string;
-    const tmp = `${out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    await Deno.writeFile(tmp, bytes);
-    await Deno.rename(tmp, out);
-    console.log(`${out}: ${(bytes.length / 2 ** 20).toFixed(1)} MiB`);
-  } finally {
-    model.close();
+  },
+  gptq: exportPacked,
+  "compressed-tensors": exportPacked,
+  gguf: exportPacked,
+};
+
+/** Runs the command on `argv`; returns what the format's writer returned. */
+export async function exportMain(argv: string[]): Promise<unknown> {
+  const f = parseFlags(argv, FLAGS, USAGE);
+  if (f.help) return console.log(USAGE);
+  if (!f.out) throw new UsageError(`--out is required\n${USAGE}`);
+  const format = (f.format as string | undefined) ?? "onnx";
+  const write = FORMATS[format];
+  if (!write) {
+    throw new UsageError(`--format ${format}: expected ${Object.keys(FORMATS).join(", ")}`);
   }
+  const result = await write(f, (f.model as string | undefined) ?? DEFAULT_MODEL, f.out as string);
+  if (f.json || format !== "onnx") console.log(JSON.stringify(result, null, 2));
+  return result;
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(async (argv) => void await exportMain(argv));

@@ -10,7 +10,7 @@ import { loadTokenizer } from "../text/tokenizer.ts";
 import { readDataset } from "../text/dataset.ts";
 
 const assertEquals = <T>(actual: T, expected: T, msg?: string): void =>
-  assert.deepStrictEqual(actual, expected, msg);
+  assert.deepStrictEqual(actual, expected, msg as string);
 
 interface CalibrationRef {
   file: string;

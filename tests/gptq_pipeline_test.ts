@@ -45,7 +45,7 @@ for (const name of REFERENCE_MODELS) {
           if (ref.wbits === 4 && !ref.act_order && ref.gptq_layer_error) {
             for (const b of report.blocks.filter((b) => b.stage === "gptq")) {
               for (const [layer, fig] of Object.entries(b.layers ?? {})) {
-                const w = ref.gptq_layer_error[`layers.${b.block}.${layer}`];
+                const w: number = ref.gptq_layer_error[`layers.${b.block}.${layer}`];
                 const g = fig.gptq_error as number;
                 assert.ok(
                   Math.abs(g - w) / w < 0.01,

@@ -32,7 +32,7 @@ Deno.test("merge scores match float64 loops for both kinds", async () => {
             ? (a.reduce((p, v) => p + v, 0) + b.reduce((p, v) => p + v, 0)) ** 2 *
               xdist2(2 * i, 2 * j + 1)
             : a.reduce((p, v, k) => p + (v - b[k]) ** 2, 0) * xdist2(2 * i, 2 * j + 1);
-          const got = scores[i * nB + j];
+          const got: number = scores[i * nB + j];
           assert.ok(
             Math.abs(got - want) <= 1e-4 * Math.max(1, Math.abs(want)),
             `${kind} [${i},${j}]: ${got} vs ${want}`,

@@ -20,7 +20,7 @@ const peer = JSON.parse(
 ) as { models: Record<string, { tokens: Record<string, TokenRef> }> };
 
 const assertEquals = <T>(actual: T, expected: T, msg?: string): void =>
-  assert.deepStrictEqual(actual, expected, msg);
+  assert.deepStrictEqual(actual, expected, msg as string);
 
 /** Asserts that `fn` rejects with an Error whose message contains `part`. */
 async function assertRejects(

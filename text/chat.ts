@@ -17,18 +17,20 @@ export interface ChatMessage {
 
 /**
  * Renders `messages` through a Jinja chat template with `bos_token`, `eos_token` and
- * `add_generation_prompt: false`, as `apply_chat_template(tokenize=False)` does.
+ * `add_generation_prompt` (false unless asked: calibration text; a server asks for the
+ * assistant's turn), as `apply_chat_template(tokenize=False)` does.
  */
 export function renderChat(
   chatTemplate: string,
   messages: ChatMessage[],
   tok: Pick<TextTokenizer, "bosToken" | "eosToken">,
+  addGenerationPrompt = false,
 ): string {
   return new Template(chatTemplate).render({
     messages,
     bos_token: tok.bosToken ?? "",
     eos_token: tok.eosToken ?? "",
-    add_generation_prompt: false,
+    add_generation_prompt: addGenerationPrompt,
   });
 }
 
