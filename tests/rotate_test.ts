@@ -4,11 +4,12 @@
  * relative — on tinystories-656k (GQA, MLP 384 = 12·32), stories260k (MLP 172 = 43·4, a random
  * orthogonal factor) and a generated GQA model of widths 192 = 12·16 and 320 = 5·64; every method
  * composes with it and writes a model whose online rotations evaluation applies (a fresh
- * evaluation of the written model equals the run's); rotated GPTQ beats plain GPTQ at W4A4; a
+ * evaluation of the written model equals the run's, and so does the exported ONNX decoder's, within
+ * 0.1 %); rotated GPTQ beats plain GPTQ at W4A4; a
  * user's own stage graph can place the stage, and without the run's rotations it names --rotate.
  */
 import assert from "node:assert/strict";
-import { perplexity } from "../eval/perplexity.ts";
+import { onnxPerplexity, perplexity } from "../eval/perplexity.ts";
 import { ensureLlama } from "../fixtures/generate.ts";
 import { fixtureModel, fixtureText } from "../fixtures/paths.ts";
 import { openModel } from "../formats/open.ts";
@@ -18,7 +19,9 @@ import { gptqMain } from "../pipelines/gptq.ts";
 import { omniquantMain } from "../pipelines/omniquant.ts";
 import { qllmMain } from "../pipelines/qllm.ts";
 import { rtnMain } from "../pipelines/rtn.ts";
+import { exportModel } from "../run/export.ts";
 import { runQuantization } from "../run/quantize.ts";
+import { OnnxDecoder } from "../serve/decoder.ts";
 import type { QuantizeReport } from "../run/report.ts";
 import { propagate } from "../stages/propagate.ts";
 import { rotate } from "../stages/rotate.ts";
@@ -115,6 +118,19 @@ Deno.test("every method composes with --rotate and writes what evaluation runs",
         }
         assert.equal(config.tie_word_embeddings, false);
         if (name === "abq") assert.ok(!(r.settings.letPoints as string[]).includes("fc2"));
+        if (name === "gptq") {
+          // The deployable decoder applies the online rotations too: same perplexity.
+          const dir = `${tmp}/gptq-onnx`;
+          await exportModel({ model: out, out: dir, quiet: true });
+          const dec = await OnnxDecoder.open(dir);
+          try {
+            const ids = await readDataset(fixtureText(VAL), dec.tokenizer);
+            const onnx = (await onnxPerplexity(dec, ids, { maxWindows: 32 })).ppl;
+            assert.ok(rel(onnx, q) < 1e-3, `exported ${onnx} vs ours ${q}`);
+          } finally {
+            await dec.release();
+          }
+        }
       });
     }
     await t.step("rotated GPTQ beats plain GPTQ at W4A4", async () => {
