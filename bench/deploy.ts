@@ -66,7 +66,8 @@ export interface DeployPoint extends DeployTiming {
 }
 
 /** Runs one export's measurements in its own process. */
-async function measure(dir: string): Promise<DeployTiming> {
+/** Times an export in a process of its own (`deploy_child.ts`). */
+export async function measure(dir: string): Promise<DeployTiming> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${PROJECT_ROOT}/bench/deploy_child.ts`, dir],
     cwd: PROJECT_ROOT,
