@@ -64,7 +64,7 @@ async function main(argv: string[]) {
   for (const [name, p] of [["original", path], ["quantized", out]]) {
     const m = await openModel(p);
     try {
-      const ids = await greedy(rt, m, [tok.bos], { tokens: 40 });
+      const ids = await greedy(rt, m, [tok.bos ?? m.config.bos], { tokens: 40 });
       console.log(`  ${name}: ${tok.decode(ids).replaceAll("\n", " ")}`);
     } finally {
       m.close();

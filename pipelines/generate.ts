@@ -29,7 +29,9 @@ async function main(argv: string[]) {
   const model = await openModel(path);
   try {
     const tok = await loadTokenizer(await modelDir(path));
-    const prompt = f.prompt === undefined ? [tok.bos] : tok.encode(f.prompt as string);
+    const prompt = f.prompt === undefined
+      ? [tok.bos ?? model.config.bos]
+      : tok.encode(f.prompt as string);
     const ids = await greedy(rt, model, prompt, {
       tokens: intFlag(f.tokens, "--tokens", 64),
       abits: f.abits === undefined ? undefined : intFlag(f.abits, "--abits", 16, 2),
