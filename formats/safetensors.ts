@@ -191,6 +191,19 @@ function floatBits(src: Float32Array): Uint32Array {
   return new Uint32Array(src.buffer, src.byteOffset, src.length);
 }
 
+/** Whether every float32 value is exactly a float16 (`F16`) or bfloat16 (`BF16`) value. */
+export function exactlyRepresentable(src: Float32Array, dtype: "F16" | "BF16"): boolean {
+  const bits = floatBits(src);
+  if (dtype === "BF16") {
+    for (let i = 0; i < bits.length; i++) if ((bits[i] & 0xffff) !== 0) return false;
+    return true;
+  }
+  for (let i = 0; i < bits.length; i++) {
+    if (HALF_TO_FLOAT_BITS[floatBitsToHalf(bits[i])] !== bits[i]) return false;
+  }
+  return true;
+}
+
 /** Encodes float32 values as float16 bit patterns (round to nearest, ties to even). */
 export function encodeF16(src: Float32Array): Uint16Array {
   const bits = floatBits(src);
