@@ -28,10 +28,13 @@ export async function openHf(dir: string): Promise<ModelSource> {
   const headName = !config.tiedEmbeddings && ckpt.has("lm_head.weight")
     ? "lm_head.weight"
     : embedName ?? "lm_head.weight";
+  const q0 = "model.layers.0.self_attn.q_proj.weight";
+  const qDtype = ckpt.has(q0) ? ckpt.info(q0).dtype : "F32";
   return {
     path: dir,
     format: "hf",
     config,
+    dtype: qDtype === "F16" || qDtype === "BF16" ? qDtype : "F32",
     embedding: () => read(embedName ?? "model.embed_tokens.weight", [v, d]),
     async block(i: number) {
       if (!(i >= 0 && i < config.layers)) throw new Error(`${dir}: no decoder layer ${i}`);

@@ -11,6 +11,7 @@
  * `.old-` sibling without the output puts it back.
  * @module
  */
+import { resolve } from "node:path";
 
 /** The marker file every output of ours carries. */
 export const MARKER = ".qllm-output.json";
@@ -115,9 +116,10 @@ const TEMP_SUFFIX = /^\.(partial|old)-[0-9a-f]{8}$/;
 /**
  * Cleans up after killed runs writing `out`: removes `<out>.partial-<id>` directories whose
  * process is gone, and `<out>.old-<id>` leftovers of an interrupted replacement (putting the old
- * output back when the new one never arrived). Returns the paths removed or restored.
+ * output back when the new one never arrived). Returns the paths removed or restored; `keep` (a
+ * partial output a resumed run adopts) is left alone.
  */
-export async function removeStaleTemps(out: string): Promise<string[]> {
+export async function removeStaleTemps(out: string, keep?: string): Promise<string[]> {
   const { parent, base } = split(out);
   const done: string[] = [];
   let entries: Deno.DirEntry[];
@@ -130,6 +132,7 @@ export async function removeStaleTemps(out: string): Promise<string[]> {
   for (const e of entries) {
     if (!e.name.startsWith(base) || !TEMP_SUFFIX.test(e.name.slice(base.length))) continue;
     const path = `${parent}/${e.name}`;
+    if (keep !== undefined && resolve(path) === resolve(keep)) continue;
     if (!e.isDirectory || !(await isStale(path))) continue;
     if (e.name.slice(base.length).startsWith(".old-") && !outExists) {
       await Deno.rename(path, `${parent}/${base}`);

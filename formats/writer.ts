@@ -5,10 +5,14 @@
  * @module
  */
 import { firstNonFinite, type Tensor } from "../kernels/tensor.ts";
-import { CheckpointWriter } from "./checkpoint.ts";
+import { type CheckpointSnapshot, CheckpointWriter } from "./checkpoint.ts";
 import { type ModelConfig, toHfConfig } from "../models/config.ts";
 import type { BlockWeights } from "../models/source.ts";
-import { exactlyRepresentable, SafetensorsWriter } from "./safetensors.ts";
+import {
+  exactlyRepresentable,
+  type SafetensorsSnapshot,
+  SafetensorsWriter,
+} from "./safetensors.ts";
 import { claimTemp, isEmptyDir, isOurOutput, replaceDir, writeMarker } from "./output_dir.ts";
 
 const TOKENIZER_FILES = [
@@ -30,6 +34,22 @@ const TORCH_DTYPE: Record<FloatDtype, string> = {
   F16: "float16",
   BF16: "bfloat16",
 };
+
+/** The state of an unfinished {@linkcode ModelWriter}, from which another process resumes it. */
+export interface ModelWriterSnapshot {
+  /** Final output directory. */
+  outDir: string;
+  /** The temporary directory written into. */
+  tmpDir: string;
+  /** The preferred dtype. */
+  dtype: FloatDtype;
+  /** Tensors written per dtype. */
+  written: Record<FloatDtype, number>;
+  /** The weights. */
+  weights: CheckpointSnapshot;
+  /** `learned.safetensors`, once started. */
+  learned: SafetensorsSnapshot | null;
+}
 
 /** Options of {@linkcode ModelWriter.create}. */
 export interface ModelWriterOptions {
@@ -95,6 +115,49 @@ export class ModelWriter {
   /** Tensors written so far per dtype. */
   get written(): Readonly<Record<FloatDtype, number>> {
     return this.#written;
+  }
+
+  /** What {@linkcode resume} needs to continue this model in another process. */
+  snapshot(): ModelWriterSnapshot {
+    return {
+      outDir: this.outDir,
+      tmpDir: this.tmpDir,
+      dtype: this.#dtype,
+      written: { ...this.#written },
+      weights: this.#weights.snapshot(),
+      learned: this.#learned?.snapshot() ?? null,
+    };
+  }
+
+  /**
+   * Continues a model from a {@linkcode snapshot} taken by a process that was killed: the
+   * temporary directory is claimed by this process, and whatever was written after the
+   * snapshot is discarded.
+   */
+  static async resume(s: ModelWriterSnapshot, config: ModelConfig): Promise<ModelWriter> {
+    await claimTemp(s.tmpDir);
+    const w = new ModelWriter(
+      s.outDir,
+      s.tmpDir,
+      config,
+      await CheckpointWriter.resume(s.weights),
+      s.dtype,
+    );
+    if (s.learned) w.#learned = await SafetensorsWriter.resume(s.learned);
+    Object.assign(w.#written, s.written);
+    // Temporary files started after the snapshot (a new shard, activation files) go.
+    const keep = new Set(
+      [
+        ...s.weights.done.map((d) => d.tmpPath),
+        s.weights.current?.dataPath,
+        s.learned?.dataPath,
+      ].filter((p) => p !== undefined).map((p) => p!.replace(/^.*\//, "")),
+    );
+    for await (const e of Deno.readDir(s.tmpDir)) {
+      if (keep.has(e.name) || !/^\.shard-|\.data-|\.tmp/.test(e.name)) continue;
+      await Deno.remove(`${s.tmpDir}/${e.name}`, { recursive: true });
+    }
+    return w;
   }
 
   /**

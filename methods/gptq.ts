@@ -12,6 +12,7 @@ import {
   ACTIVATION_FLAGS,
   ACTIVATION_USAGE,
   activationFlags,
+  checkGroups,
   WEIGHT_FLAGS,
   WEIGHT_USAGE,
 } from "./flags.ts";
@@ -122,5 +123,6 @@ export const GPTQ: Method<GptqMethodOptions> = {
     groupSize: gptq.groupSize,
     settings: { ...gptq },
     stages: () => [gptqStage(gptq)],
+    check: (c) => checkGroups(c, gptq.groupSize, gptq.allowPartialGroup),
   }),
 };

@@ -10,6 +10,7 @@ import {
   ACTIVATION_FLAGS,
   ACTIVATION_USAGE,
   activationFlags,
+  checkGroups,
   WEIGHT_FLAGS,
   WEIGHT_USAGE,
   weightFlags,
@@ -129,5 +130,6 @@ export const RTN: Method<RtnMethodOptions> = {
     groupSize: uniform.groupSize,
     settings: { ...uniform, act_scheme: activations.staticActs ? "static" : "token" },
     stages: () => [rtn(uniform)],
+    check: (c) => checkGroups(c, uniform.groupSize, uniform.allowPartialGroup),
   }),
 };

@@ -22,6 +22,8 @@ export interface ModelSource {
   readonly format: "hf" | "llama2c";
   /** The model's shape and options. */
   readonly config: ModelConfig;
+  /** The dtype its linear weights are stored in (F32 when unknown). */
+  readonly dtype?: "F32" | "F16" | "BF16";
   /** Token embedding [vocab, hidden]. */
   embedding(): Promise<Tensor>;
   /** Decoder block `i`'s tensors. */

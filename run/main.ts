@@ -5,6 +5,7 @@
  * @module
  */
 import { deviceFlag, intFlag, type Options, parseFlags, UsageError } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import type { Method, MethodOptions, MethodRun } from "../methods/method.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { staticActivations } from "../stages/static_activations.ts";
@@ -46,6 +47,8 @@ export function offloadFlag(f: Record<string, unknown>): boolean | "auto" {
 export const COMMON_FLAGS = {
   model: { type: "string" },
   out: { type: "string" },
+  overwrite: { type: "boolean" },
+  resume: { type: "string" },
   calib: { type: "string" },
   nsamples: { type: "string" },
   seqlen: { type: "string" },
@@ -61,7 +64,11 @@ export const COMMON_FLAGS = {
 /** Usage text of the common flags. */
 export const COMMON_USAGE = `common flags:
   --model DIR          Hugging Face or llama2.c model (default: the tinystories-656k fixture)
-  --out DIR            output directory (default: out/<method>)
+  --out DIR            output directory (default: out/<method>); an earlier output of ours
+                       there is replaced atomically at the end, anything else is refused
+  --overwrite          replace a file or a directory that is not ours at --out
+  --resume DIR         continue a killed run from its checkpoints (<out>.ckpt), which must
+                       come from the same model, data and settings
   --calib FILE         calibration text: .txt, .jsonl (text) or chat .jsonl (messages)
                        (default: the fixture tinystories_train_sample.txt)
   --nsamples N         calibration windows (128)      --seqlen N   window length (256)
@@ -73,7 +80,10 @@ export const COMMON_USAGE = `common flags:
   --quiet              no progress on stderr`;
 
 /** The part of a run the common flags decide. */
-export type CommonRun = Pick<QuantizeRun, "model" | "out" | "calib" | "eval" | "device" | "quiet">;
+export type CommonRun = Pick<
+  QuantizeRun,
+  "model" | "out" | "calib" | "eval" | "device" | "quiet" | "overwrite" | "resume"
+>;
 
 /** Reads the common flags; `d` fills in what they leave out. */
 export function commonRun(f: Record<string, unknown>, method: string, d: RunDefaults): CommonRun {
@@ -81,6 +91,8 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
   return {
     model: (f.model as string | undefined) ?? d.model,
     out: (f.out as string | undefined) ?? `out/${method}`,
+    overwrite: !!f.overwrite,
+    ...(f.resume !== undefined ? { resume: f.resume as string } : {}),
     calib: {
       file: (f.calib as string | undefined) ?? d.calib,
       nsamples: intFlag(f.nsamples, "--nsamples", 128),
@@ -139,6 +151,7 @@ export async function methodMain<O extends MethodOptions>(
   m: Method<O>,
   argv: string[],
   defaults: RunDefaults,
+  interrupts?: Interrupts,
 ): Promise<QuantizeReport | undefined> {
   const usage = usageOf(m);
   const f = parseFlags(argv, {
@@ -158,6 +171,8 @@ export async function methodMain<O extends MethodOptions>(
     ...plan,
     stages: streamStages(plan, o),
     offloadActivations: m.layerwise ? offloadFlag(f) : false,
+    fingerprintExtras: { activations: o.activations },
+    interrupts,
   });
   printReport(report, !!f.json);
   return report;

@@ -5,10 +5,13 @@
  * stages.
  * @module
  */
+import { resolve } from "node:path";
 import { UsageError } from "../cli/flags.ts";
 import { Progress } from "../cli/progress.ts";
+import { Interrupts } from "../cli/signals.ts";
 import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
 import { modelDir, openModel } from "../formats/open.ts";
+import { writeMarker } from "../formats/output_dir.ts";
 import { ModelWriter } from "../formats/writer.ts";
 import { type Device, Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
@@ -16,11 +19,29 @@ import type { MethodRun } from "../methods/method.ts";
 import { ActivationFile } from "../models/activation_file.ts";
 import { checkSeqlen } from "../models/config.ts";
 import { embed } from "../models/forward.ts";
-import type { RunContext } from "../stages/job.ts";
+import type { ModelSource } from "../models/source.ts";
+import { LayerwiseCheckpoints } from "../stages/checkpoint.ts";
+import type { Activations, RunContext } from "../stages/job.ts";
 import { blockSink, blockSource, ChainLink, runStream, type SinkResult } from "../stages/stream.ts";
 import { calibrationWindows } from "../text/calibration.ts";
 import { readDataset } from "../text/dataset.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
+import {
+  checkResume,
+  fingerprint,
+  fingerprintHash,
+  prepareCheckpointDir,
+  saveFingerprint,
+} from "./fingerprint.ts";
+import { checkOutput, commitOutput, type RunInput } from "./output.ts";
+import {
+  blockParameters,
+  checkCalibrationLength,
+  checkDisk,
+  checkEvalLength,
+  checkMemory,
+  parameterCount,
+} from "./preflight.ts";
 import { peakRss, type QuantizeReport } from "./report.ts";
 
 /** Everything a pipeline run needs: what the method decided, and where and on what it runs. */
@@ -46,6 +67,18 @@ export interface QuantizeRun extends MethodRun {
   quiet?: boolean;
   /** Reuses tokenized texts and full-precision perplexities across runs in one process. */
   cache?: RunCache;
+  /** Replace a file or a directory that is not ours at `out` (`--overwrite`). */
+  overwrite?: boolean;
+  /**
+   * A previous run's checkpoint directory (`--resume`, by default `<out>.ckpt`): its fingerprint
+   * must match this run; layer-wise runs continue after its last block, learned ones fold the
+   * blocks it holds without training them.
+   */
+  resume?: string;
+  /** Settings beyond the method's that change results (e.g. the activation scheme). */
+  fingerprintExtras?: Record<string, unknown>;
+  /** Where the run registers its temporary paths, removed if the process is interrupted. */
+  interrupts?: Interrupts;
 }
 
 /**
@@ -71,8 +104,9 @@ export class RunCache {
 export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
   const t0 = performance.now();
   const progress = new Progress(r.quiet);
+  const log = (m: string) => progress.log(m);
+  const interrupts = r.interrupts ?? new Interrupts(log);
   const rt = new Runtime(r.device ?? "cpu");
-  const model = await openModel(r.model);
   const timing: Record<string, number> = {};
   const time = async <T>(key: string, f: () => Promise<T>): Promise<T> => {
     const t = performance.now();
@@ -82,102 +116,226 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       timing[key] = (timing[key] ?? 0) + (performance.now() - t) / 1000;
     }
   };
+  const out = r.out.replace(/\/+$/, "") || r.out;
+  const ckptDir = `${out}.ckpt`;
+  // Layer-wise runs checkpoint the stream itself; their checkpoints mean nothing without the
+  // run's partial output, so they go with it on every exit path but a kill.
+  const layerwise = !r.teacher;
+  let model: ModelSource | null = null;
   let writer: ModelWriter | null = null;
+  let partial: string | null = null;
+  let ownsCheckpoints = false;
+  let committed = false;
   try {
+    model = await openModel(r.model);
     const c = model.config;
     const seqlen = r.calib.seqlen ?? defaultSeqlen(model);
-    checkSeqlen(c, seqlen);
+    try {
+      checkSeqlen(c, seqlen);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    r.check?.(c, { nsamples: r.calib.nsamples, seqlen });
+
+    // Pre-flight: the data, the memory, the fingerprint, the output and the disk, before any
+    // block is read.
     const tok = await loadTokenizer(await modelDir(r.model));
     const cache = r.cache ?? new RunCache();
-    const tokenized = (f: string) =>
-      cache.memo(cache.ids, `${r.model}\0${f}`, () => readDataset(f, tok));
-    const evalIds = new Map<string, Int32Array>();
-    for (const f of r.eval.files) evalIds.set(f, await tokenized(f));
-    const fp: Record<string, number> = {};
-    await time("eval_fp", async () => {
-      for (const [f, ids] of evalIds) {
-        fp[f] = await cache.memo(
-          cache.fpPpl,
-          `${r.model}\0${f}\0${seqlen}\0${r.eval.windows}`,
-          async () => {
-            progress.log(`evaluating the original model on ${f}`);
-            return (await perplexity(rt, model, ids, { seqlen, maxWindows: r.eval.windows })).ppl;
-          },
-        );
-      }
-    });
-
-    const calibIds = await tokenized(r.calib.file);
-    const calib = calibrationWindows(calibIds, r.calib.nsamples, seqlen, r.calib.seed);
-    progress.log(
-      `calibration: ${r.calib.nsamples} windows of ${seqlen} tokens from ${r.calib.file}`,
-    );
-    const ctx: RunContext = {
-      rt,
-      config: c,
-      seqlen,
-      abits: r.abits,
-      kvBits: r.kvBits,
-      log: (m) => progress.log(m),
-    };
-    const chainBytes = calib.data.length * c.hidden * 4;
+    const tokenized = (f: string, flag: string) =>
+      cache.memo(cache.ids, `${r.model}\0${f}`, () =>
+        readDataset(f, tok).catch((e) => {
+          throw new Error(`${flag} ${(e as Error).message}`);
+        }));
+    const calibIds = await tokenized(r.calib.file, "--calib");
+    checkCalibrationLength(calibIds, r.calib.file, seqlen);
+    const chainBytes = r.calib.nsamples * seqlen * c.hidden * 4;
     const offload = offloadDecision(r.offloadActivations ?? "auto", !!r.teacher, chainBytes);
     if (offload && r.teacher) {
       throw new UsageError(
         `--offload-activations: ${r.method} trains on the activations and needs them in memory`,
       );
     }
-    writer = await ModelWriter.create(r.out, c);
-    const table = await model.embedding();
-    await writer.add("model.embed_tokens.weight", table);
-    const link = new ChainLink();
-    const sink: SinkResult = { reports: [], storage: {}, extraTensors: {} };
-    const chainPath = `${writer.tmpDir}/activations.tmp`;
-    if (offload) {
-      progress.log(
-        `calibration activations (${(chainBytes / 2 ** 20).toFixed(0)} MiB) in ${chainPath}`,
-      );
-    }
-    const input = offload
-      ? embedToFile(table, calib.data, seqlen, chainPath)
-      : embed(table, calib.data, seqlen);
-    try {
-      await time("quantize", () =>
-        runStream(
-          blockSource({ model, ctx, input, teacher: !!r.teacher, link }),
-          r.stages(ctx),
-          blockSink(writer!, link, sink),
-        ));
-    } finally {
-      if (input instanceof ActivationFile) input.close();
-    }
-    await writer.finish(await model.finalNorm(), await model.head(), r.model, {
-      quantization_config: {
-        quant_method: `qllm-deno/${r.method}`,
-        bits: Math.floor(r.wbits),
-        group_size: r.groupSize || -1,
-        activation_bits: r.abits < 16 ? r.abits : null,
-        activation_scheme: r.abits >= 16
-          ? null
-          : Object.keys(sink.extraTensors).some((k) => k.startsWith("act_quant."))
-          ? "per-tensor static asymmetric (fake)"
-          : "per-token dynamic asymmetric (fake)",
-        kv_bits: r.kvBits !== undefined && r.kvBits < 16 ? r.kvBits : null,
-        extra_block_tensors: Object.keys(sink.extraTensors).length ? sink.extraTensors : null,
-        fake_quantized: true,
-        ...r.quantConfig,
+    const windowsOf = `--nsamples ${r.calib.nsamples} × --seqlen ${seqlen}`;
+    checkMemory([
+      { what: `calibration windows (${windowsOf} token ids)`, bytes: chainBytes / c.hidden },
+      {
+        what: `calibration activations in memory (${windowsOf} × hidden ${c.hidden}` +
+          `${r.teacher ? ", teacher and student chains" : ""})`,
+        bytes: offload ? 0 : chainBytes * (r.teacher ? 3 : 1),
       },
+      { what: "the embedding table", bytes: c.vocab * c.hidden * 4 },
+      { what: "two blocks' weights", bytes: 2 * blockParameters(c) * 4 },
+    ]);
+    const calib = calibrationWindows(calibIds, r.calib.nsamples, seqlen, r.calib.seed);
+    const evalIds = new Map<string, Int32Array>();
+    for (const f of r.eval.files) {
+      const ids = await tokenized(f, "--eval");
+      checkEvalLength(ids, f, seqlen);
+      evalIds.set(f, ids);
+    }
+    const fp = await fingerprint({
+      model: r.model,
+      method: {
+        method: r.method,
+        wbits: r.wbits,
+        abits: r.abits,
+        kv_bits: r.kvBits ?? null,
+        group_size: r.groupSize,
+        settings: r.settings ?? {},
+        quant_config: r.quantConfig ?? {},
+        ...r.fingerprintExtras,
+      },
+      calibration: { ids: calib.data, nsamples: r.calib.nsamples, seqlen, seed: r.calib.seed },
     });
-    writer = null;
+    const fpHash = await fingerprintHash(fp);
+    if (r.resume !== undefined) await checkResume(r.resume, fp);
+    const resumed = layerwise && r.resume !== undefined
+      ? await LayerwiseCheckpoints.load(r.resume, fpHash, log)
+      : null;
+    const inputs: RunInput[] = [
+      { flag: "--model", path: r.model },
+      { flag: "--calib", path: r.calib.file },
+      ...r.eval.files.map((f) => ({ flag: "--eval", path: f })),
+      ...(r.resume !== undefined && resolve(r.resume) !== resolve(ckptDir)
+        ? [{ flag: "--resume", path: r.resume }]
+        : []),
+    ];
+    const target = await checkOutput(out, {
+      overwrite: r.overwrite,
+      inputs,
+      keep: resumed?.partial,
+    });
+    const outputBytes = parameterCount(c) * 4;
+    checkDisk(out, [
+      { what: "the model (float32)", bytes: outputBytes },
+      { what: "learned state, at most", bytes: outputBytes / 8 },
+      { what: "calibration activations (offloaded)", bytes: offload ? chainBytes : 0 },
+      { what: "activation checkpoints", bytes: layerwise ? 2 * chainBytes : 0 },
+    ]);
+    await prepareCheckpointDir(ckptDir, {
+      resuming: r.resume !== undefined && resolve(r.resume) === resolve(ckptDir),
+    });
+    ownsCheckpoints = true;
+    if (layerwise) interrupts.track(ckptDir);
+    await saveFingerprint(ckptDir, fp);
 
+    const fpCache: Record<string, number> = { ...resumed?.fp };
+    let complete = resumed?.stage === "complete";
+    if (resumed?.stage === "stream") {
+      writer = await ModelWriter.resume(resumed.writer!, c).catch((e) => {
+        log(`${resumed.partial}: cannot resume (${(e as Error).message}); starting over`);
+        return null;
+      });
+    }
+    // Blocks already written (0 when the run starts over).
+    const start = complete ? c.layers : writer && resumed ? resumed.block + 1 : 0;
+    const sink: SinkResult = start > 0
+      ? resumed!.sink
+      : { reports: [], storage: {}, extraTensors: {} };
+    if (complete) partial = resumed!.partial;
+    else {
+      writer ??= await ModelWriter.create(out, c, { dtype: model.dtype ?? "F32" });
+      partial = writer.tmpDir;
+    }
+    interrupts.track(partial);
+    if (target !== "nothing") log(`--out ${out}: will replace ${target} at the end of the run`);
+    const ctx: RunContext = {
+      rt,
+      config: c,
+      seqlen,
+      abits: r.abits,
+      kvBits: r.kvBits,
+      log,
+    };
+
+    const evalKey = (f: string) => `${f}\0${seqlen}\0${r.eval.windows}`;
+    const fpPpl: Record<string, number> = {};
+    await time("eval_fp", async () => {
+      for (const [f, ids] of evalIds) {
+        fpPpl[f] = fpCache[evalKey(f)] ??= await cache.memo(
+          cache.fpPpl,
+          `${r.model}\0${f}\0${seqlen}\0${r.eval.windows}`,
+          async () => {
+            log(`evaluating the original model on ${f}`);
+            return (await perplexity(rt, model!, ids, {
+              seqlen,
+              maxWindows: r.eval.windows,
+              scratch: partial!,
+            })).ppl;
+          },
+        );
+      }
+    });
+
+    log(`calibration: ${r.calib.nsamples} windows of ${seqlen} tokens from ${r.calib.file}`);
+    const chainPath = `${partial}/activations.tmp`;
+    if (start > 0) log(`resuming after block ${start}/${c.layers} from ${r.resume}`);
+    if (!complete) {
+      const w = writer!;
+      const table = start === 0 ? await model.embedding() : null;
+      if (table) await w.add("model.embed_tokens.weight", table);
+      if (offload) {
+        log(`calibration activations (${(chainBytes / 2 ** 20).toFixed(0)} MiB) in ${chainPath}`);
+      }
+      const input: Activations = start > 0
+        ? await LayerwiseCheckpoints.readChain(r.resume!, resumed!, offload ? chainPath : undefined)
+        : offload
+        ? embedToFile(table!, calib.data, seqlen, chainPath)
+        : embed(table!, calib.data, seqlen);
+      const checkpoints = layerwise ? new LayerwiseCheckpoints(ckptDir, fpHash) : null;
+      const link = new ChainLink();
+      try {
+        await time("quantize", () =>
+          runStream(
+            blockSource({ model: model!, ctx, input, teacher: !!r.teacher, link, start }),
+            r.stages(ctx),
+            blockSink(
+              w,
+              link,
+              sink,
+              checkpoints
+                ? (job) => checkpoints.save(job.index, w.snapshot(), sink, job.qOut!, fpCache)
+                : undefined,
+            ),
+          ));
+      } finally {
+        if (input instanceof ActivationFile) input.close();
+      }
+      await w.complete(await model.finalNorm(), await model.head(), r.model, {
+        quantization_config: {
+          quant_method: `qllm-deno/${r.method}`,
+          bits: Math.floor(r.wbits),
+          group_size: r.groupSize || -1,
+          activation_bits: r.abits < 16 ? r.abits : null,
+          activation_scheme: r.abits >= 16
+            ? null
+            : Object.keys(sink.extraTensors).some((k) => k.startsWith("act_quant."))
+            ? "per-tensor static asymmetric (fake)"
+            : "per-token dynamic asymmetric (fake)",
+          kv_bits: r.kvBits !== undefined && r.kvBits < 16 ? r.kvBits : null,
+          extra_block_tensors: Object.keys(sink.extraTensors).length ? sink.extraTensors : null,
+          fake_quantized: true,
+          ...r.quantConfig,
+        },
+      });
+      writer = null;
+      complete = true;
+      await checkpoints?.complete(partial, c.layers - 1, sink, fpCache);
+    }
+
+    // The new model is evaluated and reported inside the partial directory, so that a kill at
+    // any moment leaves the old output or the complete new one with its report.
     const quant: Record<string, number> = {};
-    const outModel = await openModel(r.out);
+    const outModel = await openModel(partial);
     try {
       await time("eval_quant", async () => {
         for (const [f, ids] of evalIds) {
-          progress.log(`evaluating the quantized model on ${f}`);
-          quant[f] = (await perplexity(rt, outModel, ids, { seqlen, maxWindows: r.eval.windows }))
-            .ppl;
+          log(`evaluating the quantized model on ${f}`);
+          quant[f] = (await perplexity(rt, outModel, ids, {
+            seqlen,
+            maxWindows: r.eval.windows,
+            scratch: partial!,
+          })).ppl;
         }
       });
     } finally {
@@ -185,7 +343,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     }
     const evalReport: QuantizeReport["eval"] = {};
     for (const f of r.eval.files) {
-      evalReport[f.replace(/^.*\//, "")] = { fp: fp[f], quant: quant[f] };
+      evalReport[f.replace(/^.*\//, "")] = { fp: fpPpl[f], quant: quant[f] };
     }
     let bits = 0, weights = 0;
     for (const s of Object.values(sink.storage)) {
@@ -214,17 +372,34 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       calibration: { ...r.calib, seqlen, starts: calib.starts },
       timing,
       blocks: sink.reports,
+      ...(start > 0 ? { resumed_after_block: start - 1 } : {}),
     };
-    const tmp = `${r.out}/report.json.tmp`;
-    await Deno.writeTextFile(tmp, JSON.stringify(report, null, 2) + "\n");
-    await Deno.rename(tmp, `${r.out}/report.json`);
+    await Deno.writeTextFile(`${partial}/report.json`, JSON.stringify(report, null, 2) + "\n");
+    await writeMarker(partial, { kind: "run", method: r.method });
+    await commitOutput(partial, out, { overwrite: r.overwrite });
+    committed = true;
+    interrupts.release(partial);
+    if (layerwise) {
+      await Deno.remove(ckptDir, { recursive: true }).catch(() => {});
+      interrupts.release(ckptDir);
+    }
     for (const [name, e] of Object.entries(evalReport)) {
-      progress.log(`${name}: perplexity ${e.fp.toFixed(3)} → ${e.quant.toFixed(3)}`);
+      log(`${name}: perplexity ${e.fp.toFixed(3)} → ${e.quant.toFixed(3)}`);
     }
     return report;
   } finally {
-    await writer?.abort();
-    model.close();
+    if (!committed) {
+      await writer?.abort();
+      if (partial) {
+        await Deno.remove(partial, { recursive: true }).catch(() => {});
+        interrupts.release(partial);
+      }
+      if (layerwise && ownsCheckpoints) {
+        await Deno.remove(ckptDir, { recursive: true }).catch(() => {});
+        interrupts.release(ckptDir);
+      }
+    }
+    model?.close();
     await rt.release();
   }
 }
