@@ -184,6 +184,11 @@ export class Checkpoint {
     return target;
   }
 
+  /** The file that stores `name` (aliases resolved). */
+  fileOf(name: string): string {
+    return this.#where.get(this.resolve(name))!.path;
+  }
+
   /** Dtype, shape and byte length of a tensor (aliases resolved). */
   info(name: string): TensorInfo {
     const stored = this.resolve(name);

@@ -465,7 +465,9 @@ export class SafetensorsReader {
 
   /** Opens `path`, reading and validating only the header. Throws `SafetensorsError` if malformed. */
   static async open(path: string): Promise<SafetensorsReader> {
-    const file = await Deno.open(path, { read: true });
+    const file = await Deno.open(path, { read: true }).catch((e) => {
+      throw new SafetensorsError(path, `cannot open (${(e as Error).message})`);
+    });
     try {
       const { header, dataStart } = await readHeader(path, file);
       return new SafetensorsReader(path, file, header, dataStart);

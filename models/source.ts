@@ -4,7 +4,7 @@
  * (`formats/`) produce it; the stream, evaluation and export consume it.
  * @module
  */
-import type { Tensor } from "../kernels/tensor.ts";
+import { firstNonFinite, type Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 
 /**
@@ -42,6 +42,17 @@ export function expectShape(t: Tensor, shape: number[], tensorName: string, file
     throw new Error(
       `${file}: tensor "${tensorName}" has shape [${t.shape.join(", ")}], ` +
         `expected [${shape.join(", ")}] from the config`,
+    );
+  }
+  return t;
+}
+
+/** Throws unless every value of `t` is finite; the message names the tensor and the file. */
+export function expectFinite(t: Tensor, tensorName: string, file: string): Tensor {
+  const i = firstNonFinite(t.data);
+  if (i >= 0) {
+    throw new Error(
+      `${file}: tensor "${tensorName}" holds a non-finite value (${t.data[i]} at index ${i})`,
     );
   }
   return t;

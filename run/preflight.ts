@@ -37,6 +37,18 @@ export function checkEvalLength(ids: ArrayLike<number>, file: string, seqlen: nu
   }
 }
 
+/** Refuses token ids the model has no embedding for (a tokenizer of another model). */
+export function checkTokenIds(ids: Int32Array, flag: string, file: string, vocab: number): void {
+  for (let i = 0; i < ids.length; i++) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      throw new Error(
+        `${flag} ${file}: token id ${ids[i]} (at ${i}) is outside the model's vocabulary of ` +
+          `${vocab}: the tokenizer does not belong to this model`,
+      );
+    }
+  }
+}
+
 /** One allocation or file a run will make. */
 export interface Need {
   /** What it is, with the flag that sizes it (`calibration windows (--nsamples 128 …)`). */
@@ -98,9 +110,7 @@ export function checkDisk(path: string, needs: Need[], free = freeDisk(path)): v
 
 /** Parameters of a model of config `c` (embedding, blocks, final norm, head). */
 export function parameterCount(c: ModelConfig): number {
-  let block = 0;
-  for (const shape of Object.values(blockTensorShapes(c))) block += shape.reduce((a, b) => a * b);
-  return c.vocab * c.hidden * (c.tiedEmbeddings ? 1 : 2) + c.layers * block + c.hidden;
+  return c.vocab * c.hidden * (c.tiedEmbeddings ? 1 : 2) + c.layers * blockParameters(c) + c.hidden;
 }
 
 /** Parameters of one decoder block of config `c`. */

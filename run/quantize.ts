@@ -40,6 +40,7 @@ import {
   checkDisk,
   checkEvalLength,
   checkMemory,
+  checkTokenIds,
   parameterCount,
 } from "./preflight.ts";
 import { peakRss, type QuantizeReport } from "./report.ts";
@@ -148,6 +149,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         }));
     const calibIds = await tokenized(r.calib.file, "--calib");
     checkCalibrationLength(calibIds, r.calib.file, seqlen);
+    checkTokenIds(calibIds, "--calib", r.calib.file, c.vocab);
     const chainBytes = r.calib.nsamples * seqlen * c.hidden * 4;
     const offload = offloadDecision(r.offloadActivations ?? "auto", !!r.teacher, chainBytes);
     if (offload && r.teacher) {
@@ -171,6 +173,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     for (const f of r.eval.files) {
       const ids = await tokenized(f, "--eval");
       checkEvalLength(ids, f, seqlen);
+      checkTokenIds(ids, "--eval", f, c.vocab);
       evalIds.set(f, ids);
     }
     const fp = await fingerprint({

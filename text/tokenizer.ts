@@ -115,8 +115,15 @@ export async function loadHfTokenizer(dir: string): Promise<TextTokenizer> {
   const tokenizerJson = await readJson(file);
   const configPath = `${dir}/tokenizer_config.json`;
   const config = (await exists(configPath)) ? await readJson(configPath) : {};
-  if (!tokenizerJson.model || typeof tokenizerJson.model !== "object") {
+  const m = tokenizerJson.model as Record<string, unknown> | undefined;
+  if (!m || typeof m !== "object" || Array.isArray(m)) {
     throw new Error(`${file}: no "model" object (not a Hugging Face tokenizer.json)`);
+  }
+  if ((m.type ?? "BPE") === "BPE") {
+    if (!m.vocab || typeof m.vocab !== "object" || Array.isArray(m.vocab)) {
+      throw new Error(`${file}: model.vocab must be an object of token → id`);
+    }
+    if (!Array.isArray(m.merges)) throw new Error(`${file}: model.merges must be a list`);
   }
   let tok: HfCore;
   try {
