@@ -138,7 +138,7 @@ const SAFETENSORS: Case[] = [
   model("a tensor missing", (w) =>
     editRaw(st(w), (r) => {
       delete r.header["model.layers.1.mlp.up_proj.weight"];
-    }), (w) => ["model.layers.1.mlp.up_proj.weight", "missing"]),
+    }), (w) => [w.model, "model.layers.1.mlp.up_proj.weight", "missing"]),
   model(
     "a layer beyond num_hidden_layers",
     (w) => editRaw(st(w), (r) => addTensor(r, "model.layers.2.input_layernorm.weight", [128])),
@@ -169,28 +169,32 @@ const SAFETENSORS: Case[] = [
   model("no weights at all", (w) => Deno.remove(st(w)), (w) => [w.model, "no checkpoint"]),
   model("index: weight_map not an object", async (w) => {
     await Deno.writeTextFile(`${w.model}/model.safetensors.index.json`, '{"weight_map": [1]}');
-  }, (w) => ["model.safetensors.index.json", "weight_map"]),
+  }, (w) => [`${w.model}/model.safetensors.index.json`, "weight_map"]),
   model("index: invalid JSON", async (w) => {
     await Deno.writeTextFile(`${w.model}/model.safetensors.index.json`, "{weight_map");
-  }, (w) => ["model.safetensors.index.json"]),
+  }, (w) => [`${w.model}/model.safetensors.index.json`]),
   model("index: a shard that does not exist", async (w) => {
     await Deno.writeTextFile(
       `${w.model}/model.safetensors.index.json`,
       JSON.stringify({ weight_map: { [Q1]: "model-00002-of-00002.safetensors" } }),
     );
-  }, (w) => ["model-00002-of-00002.safetensors"]),
+  }, (w) => [`${w.model}/model-00002-of-00002.safetensors`]),
   model("index: a shard path outside the model", async (w) => {
     await Deno.writeTextFile(
       `${w.model}/model.safetensors.index.json`,
       JSON.stringify({ weight_map: { [Q1]: "../calib.txt" } }),
     );
-  }, (w) => ["model.safetensors.index.json", "../calib.txt"]),
-  model("index: a tensor its shard does not hold", async (w) => {
-    await Deno.writeTextFile(
-      `${w.model}/model.safetensors.index.json`,
-      JSON.stringify({ weight_map: { "model.layers.9.x.weight": "model.safetensors" } }),
-    );
-  }, (w) => ["model.layers.9.x.weight", "does not hold"]),
+  }, (w) => [`${w.model}/model.safetensors.index.json`, "../calib.txt"]),
+  model(
+    "index: a tensor its shard does not hold",
+    async (w) => {
+      await Deno.writeTextFile(
+        `${w.model}/model.safetensors.index.json`,
+        JSON.stringify({ weight_map: { "model.layers.9.x.weight": "model.safetensors" } }),
+      );
+    },
+    (w) => [`${w.model}/model.safetensors.index.json`, "model.layers.9.x.weight", "does not hold"],
+  ),
 ];
 
 /** A case of a broken config.json: exit 1, the error names the file and the key. */
