@@ -142,7 +142,8 @@ function flatten(obj: unknown, prefix = "", out = new Map<string, string>()): Ma
 /** The differences between two fingerprints, as `key: was A, now B` (empty when equal). */
 export function differences(was: Fingerprint, now: Fingerprint): string[] {
   const a = flatten(was), b = flatten(now);
-  const keys = [...new Set([...a.keys(), ...b.keys()])].sort();
+  // In the fingerprint's order: the method and its settings before the model and the data.
+  const keys = [...new Set([...b.keys(), ...a.keys()])];
   return keys.filter((k) => a.get(k) !== b.get(k)).map((k) =>
     `${k}: was ${a.get(k) ?? "absent"}, now ${b.get(k) ?? "absent"}`
   );

@@ -8,7 +8,7 @@
  * left beside the output are removed.
  * @module
  */
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { UsageError } from "../cli/flags.ts";
 import {
   isEmptyDir,
@@ -79,6 +79,7 @@ export async function checkOutput(
       );
     }
   }
+  await checkWritable(out, real);
   const stat = await Deno.lstat(out).catch(() => null);
   let target: OutputTarget = "nothing";
   if (stat?.isDirectory && await isOurOutput(out)) target = "ours";
@@ -99,6 +100,25 @@ export async function checkOutput(
   }
   await removeStaleTemps(out, o.keep);
   return target;
+}
+
+/**
+ * Refuses an output path that cannot be created: its nearest existing ancestor must be a
+ * directory this process can create files in (probed with a file created and removed at once).
+ */
+async function checkWritable(out: string, real: string): Promise<void> {
+  let dir = dirname(real);
+  while (!(await Deno.lstat(dir).catch(() => null))) dir = dirname(dir);
+  if (!(await Deno.stat(dir)).isDirectory) {
+    throw new UsageError(`--out ${out}: ${dir} is not a directory`);
+  }
+  const probe = `${dir}/.qllm-probe-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await Deno.writeFile(probe, new Uint8Array(), { createNew: true });
+  } catch (e) {
+    throw new UsageError(`--out ${out}: cannot create files in ${dir} (${(e as Error).message})`);
+  }
+  await Deno.remove(probe);
 }
 
 /**

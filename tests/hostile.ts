@@ -137,6 +137,8 @@ export interface Case {
   names: (w: Workspace) => (string | RegExp)[];
   /** Paths (relative to the case dir) the command may change (a successful run's output). */
   mayChange?: string[];
+  /** Further checks after the command (what a successful run left). */
+  check?: (w: Workspace) => Promise<void>;
 }
 
 /** Runs `cases` in a temporary root: each in a fresh workspace, checked, then removed. */
@@ -167,6 +169,7 @@ export function runCases(group: string, cases: Case[]): void {
             }
           }
           assertSame(before, after, c.name);
+          await c.check?.(w);
           await Deno.remove(w.dir, { recursive: true });
         });
       }
