@@ -36,14 +36,31 @@ export class Interrupts {
     return [...this.#paths];
   }
 
-  /** Removes every tracked path now; returns those that existed. */
+  /**
+   * Removes every tracked path now; returns those that existed. Each is first renamed, so that a
+   * write still in flight on another thread cannot recreate a file under it, then removed (a
+   * few times over, should such a write land in the renamed directory meanwhile).
+   */
   removeAll(): string[] {
     const removed: string[] = [];
     for (const p of this.#paths) {
+      let target = p;
       try {
-        Deno.removeSync(p, { recursive: true });
-        removed.push(p);
-      } catch { /* already gone */ }
+        target = `${p}.removing-${crypto.randomUUID().slice(0, 8)}`;
+        Deno.renameSync(p, target);
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) continue;
+        target = p;
+      }
+      for (let attempt = 0; attempt < 5; attempt++) {
+        try {
+          Deno.removeSync(target, { recursive: true });
+          break;
+        } catch (e) {
+          if (e instanceof Deno.errors.NotFound) break;
+        }
+      }
+      removed.push(p);
     }
     this.#paths.clear();
     return removed;
@@ -51,7 +68,8 @@ export class Interrupts {
 
   /**
    * Installs the signal listeners (a no-op where signals are not supported); returns the
-   * function that removes them.
+   * function that removes them, but for SIGXFSZ, which stays ignored for the process's life (a
+   * write still in flight when a command ends must fail, not kill the process).
    */
   install(): () => void {
     const installed: [Deno.Signal, () => void][] = [];
@@ -70,9 +88,12 @@ export class Interrupts {
         Deno.exit(128 + n);
       });
     }
+    const terminating = installed.length;
     add("SIGXFSZ", () => {});
     return () => {
-      for (const [sig, fn] of installed) Deno.removeSignalListener(sig, fn);
+      for (const [sig, fn] of installed.slice(0, terminating)) {
+        Deno.removeSignalListener(sig, fn);
+      }
     };
   }
 }

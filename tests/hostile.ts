@@ -234,3 +234,59 @@ export async function editJson(path: string, edit: (j: Record<string, unknown>) 
   edit(j);
   await Deno.writeTextFile(path, JSON.stringify(j));
 }
+
+// ---------------------------------------------------------------------------------------------
+// commands in a process of their own (signals, kills, file-size limits)
+
+/** How a pipeline process ended. */
+export interface ProcessEnd {
+  /** Exit code (128 + n after signal n when the process handled it). */
+  code: number;
+  /** The signal that killed it, if one did. */
+  signal: Deno.Signal | null;
+  /** Everything it wrote to stderr. */
+  stderr: string;
+  /** Whether the trigger appeared (and the signal was sent). */
+  triggered: boolean;
+}
+
+const PROJECT = new URL("..", import.meta.url).pathname;
+
+/**
+ * Runs `pipelines/<name>.ts` in its own process; when a stderr line matches `o.trigger`, waits
+ * `o.delayMs` and sends `o.signal`. `o.fileSizeKb` runs it under `ulimit -f`.
+ */
+export async function runProcess(
+  name: string,
+  args: string[],
+  o: { trigger?: RegExp; signal?: Deno.Signal; delayMs?: number; fileSizeKb?: number } = {},
+): Promise<ProcessEnd> {
+  const deno = [Deno.execPath(), "run", "-A", `${PROJECT}pipelines/${name}.ts`, ...args];
+  const cmd = o.fileSizeKb === undefined
+    ? new Deno.Command(deno[0], { args: deno.slice(1), stderr: "piped", stdout: "null" })
+    : new Deno.Command("bash", {
+      args: ["-c", `ulimit -f ${o.fileSizeKb}; exec "$@"`, "bash", ...deno],
+      stderr: "piped",
+      stdout: "null",
+    });
+  const child = cmd.spawn();
+  let stderr = "", triggered = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stderr) {
+    stderr += decoder.decode(chunk, { stream: true });
+    if (!triggered && o.trigger && o.trigger.test(stderr)) {
+      triggered = true;
+      const send = () => {
+        try {
+          child.kill(o.signal ?? "SIGKILL");
+        } catch { /* already gone */ }
+      };
+      if (o.delayMs) timer = setTimeout(send, o.delayMs);
+      else send();
+    }
+  }
+  const status = await child.status;
+  clearTimeout(timer);
+  return { code: status.code, signal: status.signal, stderr, triggered };
+}
