@@ -11,6 +11,7 @@ import { benchLearned } from "./learned.ts";
 import { benchMatmul } from "./matmul.ts";
 import { benchMemory } from "./memory.ts";
 import { benchQllm } from "./qllm.ts";
+import { benchScale } from "./scale.ts";
 import type { Benchmark } from "./types.ts";
 
 /** The registered benchmarks. */
@@ -38,5 +39,12 @@ export const BENCHMARKS: readonly Benchmark[] = [
     name: "qllm",
     description: "QLLM ablation: RTN, reassembly, LoRA, both, OmniQuant at W4A4/W4A8/W6A6 (README)",
     run: benchQllm,
+  },
+  {
+    name: "scale",
+    description:
+      "GPTQ W4 g128 on a LLaMA-2-7B-shaped bf16 checkpoint (~13 GB, generated and cached): " +
+      "peak RSS, s/block, GFLOP/s vs ORT MatMul (takes hours)",
+    run: benchScale,
   },
 ];
