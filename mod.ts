@@ -21,7 +21,16 @@
  */
 
 // Tensors, graphs and runtimes (kernels/).
-export { clone, Rng, sizeOf, type Tensor, tensor, transpose2d, zeros } from "./kernels/tensor.ts";
+export {
+  clone,
+  firstNonFinite,
+  Rng,
+  sizeOf,
+  type Tensor,
+  tensor,
+  transpose2d,
+  zeros,
+} from "./kernels/tensor.ts";
 export {
   type Attr,
   type Dim,
@@ -69,15 +78,38 @@ export {
   type RawTensor,
   SafetensorsError,
   SafetensorsReader,
+  type SafetensorsSnapshot,
   SafetensorsWriter,
   type TensorEntry,
   type TensorInfo,
   type WritableDtype,
   writeSafetensors,
 } from "./formats/safetensors.ts";
-export { Checkpoint, CheckpointWriter, openCheckpoint } from "./formats/checkpoint.ts";
+export {
+  Checkpoint,
+  type CheckpointSnapshot,
+  CheckpointWriter,
+  openCheckpoint,
+} from "./formats/checkpoint.ts";
 export { modelDir, openModel } from "./formats/open.ts";
-export { type ConfigExtras, ModelWriter } from "./formats/writer.ts";
+export { checkAgainstConfig } from "./formats/hf.ts";
+export {
+  type ConfigExtras,
+  type FloatDtype,
+  ModelWriter,
+  type ModelWriterOptions,
+  type ModelWriterSnapshot,
+  partialDir,
+} from "./formats/writer.ts";
+export {
+  claimTemp,
+  isOurOutput,
+  MARKER,
+  type MarkerInfo,
+  removeStaleTemps,
+  replaceDir,
+  writeMarker,
+} from "./formats/output_dir.ts";
 export {
   codeBits,
   gridOf,
@@ -94,7 +126,15 @@ export {
   loadTokenizer,
   type TextTokenizer,
 } from "./text/tokenizer.ts";
-export { readDataset, type Windows, windows } from "./text/dataset.ts";
+export {
+  type DatasetOptions,
+  idsSha256,
+  MAX_BINARY_FRACTION,
+  readDataset,
+  readText,
+  type Windows,
+  windows,
+} from "./text/dataset.ts";
 export { type ChatMessage, renderChat } from "./text/chat.ts";
 export {
   calibrationStarts,
@@ -109,9 +149,12 @@ export {
   type LinearName,
   type ModelConfig,
   parseHfConfig,
+  readHfConfig,
+  refuseUnrunnable,
+  type RopeScaling,
   toHfConfig,
 } from "./models/config.ts";
-export { type BlockWeights, expectShape, type ModelSource } from "./models/source.ts";
+export { type BlockWeights, expectFinite, expectShape, type ModelSource } from "./models/source.ts";
 export {
   attention,
   type BlockGraphOptions,
@@ -226,11 +269,14 @@ export {
 } from "./stages/reconstruct.ts";
 export { reassemble, type ReassembleOptions } from "./stages/reassemble.ts";
 export { staticActivations } from "./stages/static_activations.ts";
+export { LayerwiseCheckpoints, type Progress as CheckpointProgress } from "./stages/checkpoint.ts";
 
 // Methods: one file each, its flags, options and stages (methods/).
 export type { Method, MethodOptions, MethodRun } from "./methods/method.ts";
 export type { ActivationOptions } from "./methods/flags.ts";
-export { type Options } from "./cli/flags.ts";
+export { checkBatch, checkGroups } from "./methods/flags.ts";
+export { type CommandMain, type Options, runCommand, runMain, UsageError } from "./cli/flags.ts";
+export { Interrupts } from "./cli/signals.ts";
 export { RTN, rtn, type RtnMethodOptions, type UniformOptions } from "./methods/rtn.ts";
 export { GPTQ, type GptqMethodOptions, gptqStage, type GptqStageOptions } from "./methods/gptq.ts";
 export {
@@ -251,11 +297,33 @@ export { ABQ, abqLoss, abqMethod, type AbqMethodOptions } from "./methods/abq.ts
 export { loraMethod, type LoraOptions, QLLM, type QllmMethodOptions } from "./methods/qllm.ts";
 
 // Evaluation (eval/).
-export { perplexity, type PerplexityOptions, type PerplexityResult } from "./eval/perplexity.ts";
+export {
+  EVAL_OFFLOAD_BYTES,
+  perplexity,
+  type PerplexityOptions,
+  type PerplexityResult,
+} from "./eval/perplexity.ts";
 export { greedy, type GreedyOptions } from "./eval/generate.ts";
 
 // Runs: a whole quantization run, its report, a method's command (run/, cli/).
 export { type QuantizeRun, RunCache, runQuantization } from "./run/quantize.ts";
 export { printReport, type QuantizeReport } from "./run/report.ts";
 export { methodMain, planFromFlags, type RunDefaults } from "./run/main.ts";
+export { checkOutput, commitOutput, type OutputTarget, type RunInput } from "./run/output.ts";
+export {
+  checkDisk,
+  checkMemory,
+  checkTokenIds,
+  formatBytes,
+  type Need,
+  parameterCount,
+} from "./run/preflight.ts";
+export {
+  checkResume,
+  differences,
+  type Fingerprint,
+  fingerprint,
+  type FingerprintInputs,
+  prepareCheckpointDir,
+} from "./run/fingerprint.ts";
 export { Progress } from "./cli/progress.ts";

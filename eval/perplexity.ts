@@ -39,6 +39,8 @@ export interface PerplexityOptions {
    * is removed afterwards); without it they stay in memory.
    */
   scratch?: string;
+  /** Hidden states above this many bytes go to `scratch` (default {@linkcode EVAL_OFFLOAD_BYTES}). */
+  offloadBytes?: number;
 }
 
 /** A perplexity measurement. */
@@ -80,7 +82,7 @@ export async function perplexity(
   if (W === 0) throw new Error(`the data has ${ids.length} tokens: not one window of ${T}`);
   const windowIds = ids.subarray(0, W * T);
   const d = c.hidden;
-  const file = o.scratch !== undefined && W * T * d * 4 > EVAL_OFFLOAD_BYTES
+  const file = o.scratch !== undefined && W * T * d * 4 > (o.offloadBytes ?? EVAL_OFFLOAD_BYTES)
     ? ActivationFile.create(
       `${o.scratch}/eval-activations-${crypto.randomUUID().slice(0, 8)}.tmp`,
       [W, T, d],

@@ -24,6 +24,7 @@ const ORPHAN_SECONDS = 60;
 export interface MarkerInfo {
   /** `model` (a written checkpoint), `run` (a quantization run's output), … */
   kind: string;
+  /** Anything else worth recording (the method, …). */
   [key: string]: unknown;
 }
 

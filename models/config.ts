@@ -172,7 +172,7 @@ function ropeScaling(json: Json, file: string): RopeScaling | undefined {
  * the heads divide, `head_dim` is even. Options the block graph does not run yet are read, not
  * refused: {@linkcode parseHfConfig} refuses them.
  */
-export function readHfConfig(json: Json, file: string): ModelConfig {
+export function readHfConfig(json: Record<string, unknown>, file: string): ModelConfig {
   const modelType = String(json.model_type ?? "");
   if (!(SUPPORTED as readonly string[]).includes(modelType)) {
     throw new Error(
@@ -251,7 +251,7 @@ export function refuseUnrunnable(c: ModelConfig, file: string): void {
 }
 
 /** Parses a Hugging Face `config.json` the toolkit can run; `file` names the file in errors. */
-export function parseHfConfig(json: Json, file: string): ModelConfig {
+export function parseHfConfig(json: Record<string, unknown>, file: string): ModelConfig {
   const c = readHfConfig(json, file);
   refuseUnrunnable(c, file);
   return c;

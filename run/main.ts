@@ -90,7 +90,7 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
   const evalFile = (name: string) => d.evalTexts[name] ?? name;
   return {
     model: (f.model as string | undefined) ?? d.model,
-    out: (f.out as string | undefined) ?? `out/${method}`,
+    out: ((f.out as string | undefined) ?? `out/${method}`).replace(/(.)\/+$/, "$1"),
     overwrite: !!f.overwrite,
     ...(f.resume !== undefined ? { resume: f.resume as string } : {}),
     calib: {

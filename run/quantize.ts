@@ -275,16 +275,13 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     if (start > 0) log(`resuming after block ${start}/${c.layers} from ${r.resume}`);
     if (!complete) {
       const w = writer!;
-      const table = start === 0 ? await model.embedding() : null;
-      if (table) await w.add("model.embed_tokens.weight", table);
       if (offload) {
         log(`calibration activations (${(chainBytes / 2 ** 20).toFixed(0)} MiB) in ${chainPath}`);
       }
+      // The embedding table is written and used here, and not held through the stream.
       const input: Activations = start > 0
         ? await LayerwiseCheckpoints.readChain(r.resume!, resumed!, offload ? chainPath : undefined)
-        : offload
-        ? embedToFile(table!, calib.data, seqlen, chainPath)
-        : embed(table!, calib.data, seqlen);
+        : await embedCalibration(w, model, calib.data, seqlen, offload ? chainPath : undefined);
       const checkpoints = layerwise ? new LayerwiseCheckpoints(ckptDir, fpHash) : null;
       const link = new ChainLink();
       try {
@@ -405,6 +402,22 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     model?.close();
     await rt.release();
   }
+}
+
+/**
+ * Writes the embedding into the model and embeds the calibration windows with it, in memory or
+ * straight into an activation file at `file`.
+ */
+async function embedCalibration(
+  w: ModelWriter,
+  model: ModelSource,
+  ids: Int32Array,
+  seqlen: number,
+  file?: string,
+): Promise<Activations> {
+  const table = await model.embedding();
+  await w.add("model.embed_tokens.weight", table);
+  return file !== undefined ? embedToFile(table, ids, seqlen, file) : embed(table, ids, seqlen);
 }
 
 /** Embeds the calibration windows straight into an activation file, a window at a time. */
