@@ -15,7 +15,21 @@ import { gptqMain } from "../pipelines/gptq.ts";
 import { omniquantMain } from "../pipelines/omniquant.ts";
 import { qllmMain } from "../pipelines/qllm.ts";
 import { rtnMain } from "../pipelines/rtn.ts";
-import { type Case, runCases, smallRun, type Workspace } from "./hostile.ts";
+import { fixtureModel } from "../fixtures/paths.ts";
+import { openModel } from "../formats/open.ts";
+import { ModelWriter } from "../formats/writer.ts";
+import { runQuantization } from "../run/quantize.ts";
+import { propagate } from "../stages/propagate.ts";
+import { type LinearQuantizer, quantizeLinears } from "../stages/quantize_linears.ts";
+import {
+  assertSame,
+  type Case,
+  runCases,
+  smallRun,
+  snapshot,
+  type Workspace,
+  workspace,
+} from "./hostile.ts";
 
 const cmd = (f: (argv: string[], i?: never) => Promise<unknown>): CommandMain => async (argv) =>
   void await f(argv);
@@ -375,3 +389,56 @@ const OUT: Case[] = [
 
 runCases("flags", FLAGS);
 runCases("--out", OUT);
+
+Deno.test("a quantizer that produces NaN stops the run naming the layer; nothing is written", async () => {
+  const root = await Deno.makeTempDir({ prefix: "qllm-nan-quantizer-" });
+  try {
+    const w = await workspace(root, "w");
+    const before = await snapshot(w.dir);
+    const broken: LinearQuantizer = {
+      name: "broken",
+      trueSequential: false,
+      quantize(_ctx, layer, W) {
+        const data = W.data.slice();
+        if (layer === "mlp.up_proj") data[3] = NaN;
+        return Promise.resolve({ weight: { data, shape: W.shape }, storedBits: 32 });
+      },
+    };
+    await assert.rejects(
+      () =>
+        runQuantization({
+          method: "broken",
+          wbits: 4,
+          abits: 16,
+          groupSize: 0,
+          stages: () => [quantizeLinears(broken), propagate()],
+          model: w.model,
+          out: w.out,
+          calib: { file: w.calib, nsamples: 4, seqlen: 64, seed: 0 },
+          eval: { files: [w.val], windows: 2 },
+          quiet: true,
+        }),
+      /block 1: broken produced a non-finite weight in mlp\.up_proj/,
+    );
+    assertSame(before, await snapshot(w.dir), "nothing written");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("the model writer refuses a non-finite tensor, naming it", async () => {
+  const root = await Deno.makeTempDir({ prefix: "qllm-nan-writer-" });
+  try {
+    const c = await openModel(fixtureModel("tinystories-656k"));
+    const writer = await ModelWriter.create(`${root}/out`, c.config);
+    c.close();
+    await assert.rejects(
+      () => writer.add("model.norm.weight", { data: Float32Array.of(1, Infinity), shape: [2] }),
+      /tensor "model\.norm\.weight" has a non-finite value \(Infinity at index 1\)/,
+    );
+    await writer.abort();
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(root)), []);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
