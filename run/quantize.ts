@@ -11,7 +11,7 @@ import { Progress } from "../cli/progress.ts";
 import { Interrupts } from "../cli/signals.ts";
 import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
 import { modelDir, openModel } from "../formats/open.ts";
-import { writeMarker } from "../formats/output_dir.ts";
+import { claimTemp, writeMarker } from "../formats/output_dir.ts";
 import { ModelWriter } from "../formats/writer.ts";
 import { type Device, Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
@@ -235,8 +235,10 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     const sink: SinkResult = start > 0
       ? resumed!.sink
       : { reports: [], storage: {}, extraTensors: {} };
-    if (complete) partial = resumed!.partial;
-    else {
+    if (complete) {
+      partial = resumed!.partial;
+      await claimTemp(partial);
+    } else {
       writer ??= await ModelWriter.create(out, c, { dtype: model.dtype ?? "F32" });
       partial = writer.tmpDir;
     }

@@ -149,3 +149,36 @@ for (const [i, p] of PIPELINES.entries()) {
     },
   );
 }
+
+Deno.test("gptq: kill -9 during the final evaluation, --resume evaluates and commits only", async () => {
+  const root = await Deno.makeTempDir({ prefix: "qllm-resume-final-" });
+  try {
+    const w = await workspace(root, "w");
+    const p = PIPELINES[1];
+    const whole = `${w.dir}/whole`, resumed = `${w.dir}/resumed`;
+    const a = await runQuiet(p.run, [...args(w, p, whole), "--quiet"]);
+    assert.equal(a.code, 0, a.error);
+    const killed = await runProcess(p.name, args(w, p, resumed), {
+      trigger: /evaluating the quantized model/,
+    });
+    assert.equal(killed.signal, "SIGKILL", killed.stderr);
+    const progress = JSON.parse(await Deno.readTextFile(`${resumed}.ckpt/progress.json`));
+    assert.equal(progress.stage, "complete");
+    const r = await runQuiet(p.run, [...args(w, p, resumed), "--resume", `${resumed}.ckpt`]);
+    assert.equal(r.code, 0, r.error);
+    const report = JSON.parse(await Deno.readTextFile(`${resumed}/report.json`));
+    assert.equal(report.resumed_after_block, 4);
+    assert.equal(
+      report.blocks.length,
+      JSON.parse(
+        await Deno.readTextFile(`${whole}/report.json`),
+      ).blocks.length,
+    );
+    const [x, y] = [await snapshot(whole), await snapshot(resumed)];
+    x.delete("report.json");
+    y.delete("report.json");
+    assert.deepEqual([...y.entries()].sort(), [...x.entries()].sort());
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
