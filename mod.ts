@@ -269,7 +269,7 @@ export {
 } from "./stages/reconstruct.ts";
 export { reassemble, type ReassembleOptions } from "./stages/reassemble.ts";
 export { staticActivations } from "./stages/static_activations.ts";
-export { LayerwiseCheckpoints, type Progress as CheckpointProgress } from "./stages/checkpoint.ts";
+export { type CheckpointProgress, LayerwiseCheckpoints } from "./stages/checkpoint.ts";
 
 // Methods: one file each, its flags, options and stages (methods/).
 export type { Method, MethodOptions, MethodRun } from "./methods/method.ts";

@@ -20,10 +20,10 @@ import { ActivationFile } from "../models/activation_file.ts";
 import { checkSeqlen } from "../models/config.ts";
 import { embed } from "../models/forward.ts";
 import type { ModelSource } from "../models/source.ts";
-import { LayerwiseCheckpoints } from "../stages/checkpoint.ts";
+import { type CheckpointProgress, LayerwiseCheckpoints } from "../stages/checkpoint.ts";
 import type { Activations, RunContext } from "../stages/job.ts";
 import { blockSink, blockSource, ChainLink, runStream, type SinkResult } from "../stages/stream.ts";
-import { calibrationWindows } from "../text/calibration.ts";
+import { type CalibrationWindows, calibrationWindows } from "../text/calibration.ts";
 import { readDataset } from "../text/dataset.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
 import {
@@ -33,7 +33,7 @@ import {
   prepareCheckpointDir,
   saveFingerprint,
 } from "./fingerprint.ts";
-import { checkOutput, commitOutput, type RunInput } from "./output.ts";
+import { checkOutput, commitOutput, type OutputTarget, type RunInput } from "./output.ts";
 import {
   blockParameters,
   checkCalibrationLength,
@@ -117,8 +117,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       timing[key] = (timing[key] ?? 0) + (performance.now() - t) / 1000;
     }
   };
-  const out = r.out.replace(/\/+$/, "") || r.out;
-  const ckptDir = `${out}.ckpt`;
+  const { out, ckptDir } = outputPaths(r);
   // Layer-wise runs checkpoint the stream itself; their checkpoints mean nothing without the
   // run's partial output, so they go with it on every exit path but a kill.
   const layerwise = !r.teacher;
@@ -130,103 +129,18 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
   try {
     model = await openModel(r.model);
     const c = model.config;
-    const seqlen = r.calib.seqlen ?? defaultSeqlen(model);
-    try {
-      checkSeqlen(c, seqlen);
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
-    r.check?.(c, { nsamples: r.calib.nsamples, seqlen });
-
-    // Pre-flight: the data, the memory, the fingerprint, the output and the disk, before any
-    // block is read.
-    const tok = await loadTokenizer(await modelDir(r.model));
     const cache = r.cache ?? new RunCache();
-    const tokenized = (f: string, flag: string) =>
-      cache.memo(cache.ids, `${r.model}\0${f}`, () =>
-        readDataset(f, tok).catch((e) => {
-          throw new Error(`${flag} ${(e as Error).message}`);
-        }));
-    const calibIds = await tokenized(r.calib.file, "--calib");
-    checkCalibrationLength(calibIds, r.calib.file, seqlen);
-    checkTokenIds(calibIds, "--calib", r.calib.file, c.vocab);
-    const chainBytes = r.calib.nsamples * seqlen * c.hidden * 4;
-    const offload = offloadDecision(r.offloadActivations ?? "auto", !!r.teacher, chainBytes);
-    if (offload && r.teacher) {
-      throw new UsageError(
-        `--offload-activations: ${r.method} trains on the activations and needs them in memory`,
-      );
-    }
-    const windowsOf = `--nsamples ${r.calib.nsamples} × --seqlen ${seqlen}`;
-    checkMemory([
-      { what: `calibration windows (${windowsOf} token ids)`, bytes: chainBytes / c.hidden },
-      {
-        what: `calibration activations in memory (${windowsOf} × hidden ${c.hidden}` +
-          `${r.teacher ? ", teacher and student chains" : ""})`,
-        bytes: offload ? 0 : chainBytes * (r.teacher ? 3 : 1),
-      },
-      { what: "the embedding table", bytes: c.vocab * c.hidden * 4 },
-      { what: "two blocks' weights", bytes: 2 * blockParameters(c) * 4 },
-    ]);
-    const calib = calibrationWindows(calibIds, r.calib.nsamples, seqlen, r.calib.seed);
-    const evalIds = new Map<string, Int32Array>();
-    for (const f of r.eval.files) {
-      const ids = await tokenized(f, "--eval");
-      checkEvalLength(ids, f, seqlen);
-      checkTokenIds(ids, "--eval", f, c.vocab);
-      evalIds.set(f, ids);
-    }
-    const fp = await fingerprint({
-      model: r.model,
-      method: {
-        method: r.method,
-        wbits: r.wbits,
-        abits: r.abits,
-        kv_bits: r.kvBits ?? null,
-        group_size: r.groupSize,
-        settings: r.settings ?? {},
-        quant_config: r.quantConfig ?? {},
-        ...r.fingerprintExtras,
-      },
-      calibration: { ids: calib.data, nsamples: r.calib.nsamples, seqlen, seed: r.calib.seed },
-    });
-    const fpHash = await fingerprintHash(fp);
-    if (r.resume !== undefined) await checkResume(r.resume, fp);
-    const resumed = layerwise && r.resume !== undefined
-      ? await LayerwiseCheckpoints.load(r.resume, fpHash, log)
-      : null;
-    const inputs: RunInput[] = [
-      { flag: "--model", path: r.model },
-      { flag: "--calib", path: r.calib.file },
-      ...r.eval.files.map((f) => ({ flag: "--eval", path: f })),
-      ...(r.resume !== undefined && resolve(r.resume) !== resolve(ckptDir)
-        ? [{ flag: "--resume", path: r.resume }]
-        : []),
-    ];
-    const target = await checkOutput(out, {
-      overwrite: r.overwrite,
-      inputs,
-      keep: resumed?.partial,
-    });
-    const outputBytes = parameterCount(c) * 4;
-    checkDisk(out, [
-      { what: "the model (float32)", bytes: outputBytes },
-      { what: "learned state, at most", bytes: outputBytes / 8 },
-      { what: "calibration activations (offloaded)", bytes: offload ? chainBytes : 0 },
-      { what: "activation checkpoints", bytes: layerwise ? 2 * chainBytes : 0 },
-    ]);
-    await prepareCheckpointDir(ckptDir, {
-      resuming: r.resume !== undefined && resolve(r.resume) === resolve(ckptDir),
-    });
+    const { seqlen, calib, evalIds, offload, chainBytes, fpHash, resumed, target } =
+      await preflight(r, model, cache, log);
     ownsCheckpoints = true;
     if (layerwise) interrupts.track(ckptDir);
-    await saveFingerprint(ckptDir, fp);
 
     const fpCache: Record<string, number> = { ...resumed?.fp };
     let complete = resumed?.stage === "complete";
     if (resumed?.stage === "stream") {
-      writer = await ModelWriter.resume(resumed.writer!, c).catch((e) => {
+      writer = await ModelWriter.resume(resumed.writer!, c).catch(async (e) => {
         log(`${resumed.partial}: cannot resume (${(e as Error).message}); starting over`);
+        await Deno.remove(resumed.partial, { recursive: true }).catch(() => {});
         return null;
       });
     }
@@ -404,6 +318,136 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     model?.close();
     await rt.release();
   }
+}
+
+/** The output path (trailing slashes removed) and the run's checkpoint directory beside it. */
+function outputPaths(r: QuantizeRun): { out: string; ckptDir: string } {
+  const out = r.out.replace(/\/+$/, "") || r.out;
+  return { out, ckptDir: `${out}.ckpt` };
+}
+
+/** What the pre-flight settled before any block is read. */
+interface Prepared {
+  /** Calibration window length. */
+  seqlen: number;
+  /** The calibration windows. */
+  calib: CalibrationWindows;
+  /** Token ids of each evaluation file. */
+  evalIds: Map<string, Int32Array>;
+  /** Whether the calibration activations live in a file. */
+  offload: boolean;
+  /** Bytes of one calibration activation chain. */
+  chainBytes: number;
+  /** The hash of the run's fingerprint. */
+  fpHash: string;
+  /** The progress of a killed layer-wise run this one continues, if any. */
+  resumed: CheckpointProgress | null;
+  /** What is at the output path. */
+  target: OutputTarget;
+}
+
+/**
+ * Everything that can be checked before the first block, in order: the window length and the
+ * method's flags against the model, the data (length, token ids), the memory, the fingerprint
+ * against `--resume`, the output path, the disk; then the checkpoint directory is made ready and
+ * the fingerprint saved in it.
+ */
+async function preflight(
+  r: QuantizeRun,
+  model: ModelSource,
+  cache: RunCache,
+  log: (m: string) => void,
+): Promise<Prepared> {
+  const { out, ckptDir } = outputPaths(r);
+  const layerwise = !r.teacher;
+  const c = model.config;
+  const seqlen = r.calib.seqlen ?? defaultSeqlen(model);
+  try {
+    checkSeqlen(c, seqlen);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  r.check?.(c, { nsamples: r.calib.nsamples, seqlen });
+
+  const tok = await loadTokenizer(await modelDir(r.model));
+  const tokenized = (f: string, flag: string) =>
+    cache.memo(cache.ids, `${r.model}\0${f}`, () =>
+      readDataset(f, tok).catch((e) => {
+        throw new Error(`${flag} ${(e as Error).message}`);
+      }));
+  const calibIds = await tokenized(r.calib.file, "--calib");
+  checkCalibrationLength(calibIds, r.calib.file, seqlen);
+  checkTokenIds(calibIds, "--calib", r.calib.file, c.vocab);
+  const chainBytes = r.calib.nsamples * seqlen * c.hidden * 4;
+  const offload = offloadDecision(r.offloadActivations ?? "auto", !!r.teacher, chainBytes);
+  if (offload && r.teacher) {
+    throw new UsageError(
+      `--offload-activations: ${r.method} trains on the activations and needs them in memory`,
+    );
+  }
+  const windowsOf = `--nsamples ${r.calib.nsamples} × --seqlen ${seqlen}`;
+  checkMemory([
+    { what: `calibration windows (${windowsOf} token ids)`, bytes: chainBytes / c.hidden },
+    {
+      what: `calibration activations in memory (${windowsOf} × hidden ${c.hidden}` +
+        `${r.teacher ? ", teacher and student chains" : ""})`,
+      bytes: offload ? 0 : chainBytes * (r.teacher ? 3 : 1),
+    },
+    { what: "the embedding table", bytes: c.vocab * c.hidden * 4 },
+    { what: "two blocks' weights", bytes: 2 * blockParameters(c) * 4 },
+  ]);
+  const calib = calibrationWindows(calibIds, r.calib.nsamples, seqlen, r.calib.seed);
+  const evalIds = new Map<string, Int32Array>();
+  for (const f of r.eval.files) {
+    const ids = await tokenized(f, "--eval");
+    checkEvalLength(ids, f, seqlen);
+    checkTokenIds(ids, "--eval", f, c.vocab);
+    evalIds.set(f, ids);
+  }
+  const fp = await fingerprint({
+    model: r.model,
+    method: {
+      method: r.method,
+      wbits: r.wbits,
+      abits: r.abits,
+      kv_bits: r.kvBits ?? null,
+      group_size: r.groupSize,
+      settings: r.settings ?? {},
+      quant_config: r.quantConfig ?? {},
+      ...r.fingerprintExtras,
+    },
+    calibration: { ids: calib.data, nsamples: r.calib.nsamples, seqlen, seed: r.calib.seed },
+  });
+  const fpHash = await fingerprintHash(fp);
+  if (r.resume !== undefined) await checkResume(r.resume, fp);
+  const resumed = layerwise && r.resume !== undefined
+    ? await LayerwiseCheckpoints.load(r.resume, fpHash, log)
+    : null;
+  const inputs: RunInput[] = [
+    { flag: "--model", path: r.model },
+    { flag: "--calib", path: r.calib.file },
+    ...r.eval.files.map((f) => ({ flag: "--eval", path: f })),
+    ...(r.resume !== undefined && resolve(r.resume) !== resolve(ckptDir)
+      ? [{ flag: "--resume", path: r.resume }]
+      : []),
+  ];
+  const target = await checkOutput(out, {
+    overwrite: r.overwrite,
+    inputs,
+    keep: resumed?.partial,
+  });
+  const outputBytes = parameterCount(c) * 4;
+  checkDisk(out, [
+    { what: "the model (float32)", bytes: outputBytes },
+    { what: "learned state, at most", bytes: outputBytes / 8 },
+    { what: "calibration activations (offloaded)", bytes: offload ? chainBytes : 0 },
+    { what: "activation checkpoints", bytes: layerwise ? 2 * chainBytes : 0 },
+  ]);
+  await prepareCheckpointDir(ckptDir, {
+    resuming: r.resume !== undefined && resolve(r.resume) === resolve(ckptDir),
+  });
+  await saveFingerprint(ckptDir, fp);
+  return { seqlen, calib, evalIds, offload, chainBytes, fpHash, resumed, target };
 }
 
 /**

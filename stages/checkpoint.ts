@@ -18,7 +18,7 @@ import type { SinkResult } from "./stream.ts";
 export const PROGRESS_FILE = "progress.json";
 
 /** Where a layer-wise run stands. */
-export interface Progress {
+export interface CheckpointProgress {
   /** The fingerprint's sha256, so that progress never outlives its run's settings. */
   fingerprint: string;
   /** `stream`: blocks 0…`block` are written; `complete`: the model is complete in `partial`. */
@@ -108,7 +108,7 @@ export class LayerwiseCheckpoints {
     }
   }
 
-  async #write(p: Progress): Promise<void> {
+  async #write(p: CheckpointProgress): Promise<void> {
     await writeAtomic(
       `${this.dir}/${PROGRESS_FILE}`,
       (tmp) => Deno.writeTextFile(tmp, JSON.stringify(p) + "\n"),
@@ -123,8 +123,8 @@ export class LayerwiseCheckpoints {
     dir: string,
     fingerprint: string,
     log: (msg: string) => void,
-  ): Promise<Progress | null> {
-    let p: Progress;
+  ): Promise<CheckpointProgress | null> {
+    let p: CheckpointProgress;
     try {
       p = JSON.parse(await Deno.readTextFile(`${dir}/${PROGRESS_FILE}`));
     } catch {
@@ -147,7 +147,11 @@ export class LayerwiseCheckpoints {
   }
 
   /** The chain a progress points at, into memory or into a new activation file at `path`. */
-  static readChain(dir: string, p: Progress, toFile?: string): Promise<Activations> | Activations {
+  static readChain(
+    dir: string,
+    p: CheckpointProgress,
+    toFile?: string,
+  ): Promise<Activations> | Activations {
     const src = `${dir}/${p.chain!.file}`;
     if (toFile !== undefined) {
       Deno.copyFileSync(src, toFile);
