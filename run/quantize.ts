@@ -9,10 +9,11 @@ import { resolve } from "node:path";
 import { UsageError } from "../cli/flags.ts";
 import { Progress } from "../cli/progress.ts";
 import { Interrupts } from "../cli/signals.ts";
-import { defaultSeqlen, perplexity } from "../eval/perplexity.ts";
+import { defaultSeqlen, perplexity, type PerplexityOptions } from "../eval/perplexity.ts";
 import { modelDir, openModel } from "../formats/open.ts";
 import { claimTemp, writeMarker } from "../formats/output_dir.ts";
 import { ModelWriter } from "../formats/writer.ts";
+import { releaseMemory } from "../kernels/garbage.ts";
 import { type Device, Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { MethodRun } from "../methods/method.ts";
@@ -117,6 +118,17 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       timing[key] = (timing[key] ?? 0) + (performance.now() - t) / 1000;
     }
   };
+  // Evaluations run on a runtime of their own, released with its arenas afterwards, so that
+  // nothing of them stays resident through the stream.
+  const evaluate = async (m: ModelSource, ids: Int32Array, o: PerplexityOptions) => {
+    const evalRt = new Runtime(r.device ?? "cpu");
+    try {
+      return await perplexity(evalRt, m, ids, o);
+    } finally {
+      await evalRt.release();
+      releaseMemory();
+    }
+  };
   const { out, ckptDir } = outputPaths(r);
   // Layer-wise runs checkpoint the stream itself; their checkpoints mean nothing without the
   // run's partial output, so they go with it on every exit path but a kill.
@@ -176,7 +188,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
           `${r.model}\0${f}\0${seqlen}\0${r.eval.windows}`,
           async () => {
             log(`evaluating the original model on ${f}`);
-            return (await perplexity(rt, model!, ids, {
+            return (await evaluate(model!, ids, {
               seqlen,
               maxWindows: r.eval.windows,
               scratch: partial!,
@@ -247,7 +259,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       await time("eval_quant", async () => {
         for (const [f, ids] of evalIds) {
           log(`evaluating the quantized model on ${f}`);
-          quant[f] = (await perplexity(rt, outModel, ids, {
+          quant[f] = (await evaluate(outModel, ids, {
             seqlen,
             maxWindows: r.eval.windows,
             scratch: partial!,
