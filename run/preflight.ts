@@ -62,10 +62,19 @@ function list(needs: Need[]): string {
     .join("; ");
 }
 
-/** Bytes of memory this process can still take (MemAvailable and free swap). */
+/**
+ * Bytes of memory this process can still take: MemAvailable and free swap, or less where a
+ * cgroup (v2) limit leaves less.
+ */
 export function availableMemory(): number {
   const m = Deno.systemMemoryInfo();
-  return m.available + m.swapFree;
+  let bytes = m.available + m.swapFree;
+  try {
+    const max = Deno.readTextFileSync("/sys/fs/cgroup/memory.max").trim();
+    const current = Number(Deno.readTextFileSync("/sys/fs/cgroup/memory.current").trim());
+    if (max !== "max") bytes = Math.min(bytes, Number(max) - current);
+  } catch { /* no cgroup v2 limit here */ }
+  return bytes;
 }
 
 /**
