@@ -21,7 +21,16 @@
  */
 
 // Tensors, graphs and runtimes (kernels/).
-export { clone, Rng, sizeOf, type Tensor, tensor, transpose2d, zeros } from "./kernels/tensor.ts";
+export {
+  clone,
+  firstNonFinite,
+  Rng,
+  sizeOf,
+  type Tensor,
+  tensor,
+  transpose2d,
+  zeros,
+} from "./kernels/tensor.ts";
 export {
   type Attr,
   type Dim,
@@ -72,15 +81,39 @@ export {
   type RawTensor,
   SafetensorsError,
   SafetensorsReader,
+  type SafetensorsSnapshot,
   SafetensorsWriter,
   type TensorEntry,
   type TensorInfo,
   type WritableDtype,
   writeSafetensors,
 } from "./formats/safetensors.ts";
-export { Checkpoint, CheckpointWriter, openCheckpoint } from "./formats/checkpoint.ts";
+export {
+  Checkpoint,
+  type CheckpointSnapshot,
+  CheckpointWriter,
+  openCheckpoint,
+} from "./formats/checkpoint.ts";
 export { modelDir, openModel, openTokenizer } from "./formats/open.ts";
-export { type ConfigExtras, copyTokenizerFiles, ModelWriter } from "./formats/writer.ts";
+export { checkAgainstConfig } from "./formats/hf.ts";
+export {
+  type ConfigExtras,
+  copyTokenizerFiles,
+  type FloatDtype,
+  ModelWriter,
+  type ModelWriterOptions,
+  type ModelWriterSnapshot,
+  partialDir,
+} from "./formats/writer.ts";
+export {
+  claimTemp,
+  isOurOutput,
+  MARKER,
+  type MarkerInfo,
+  removeStaleTemps,
+  replaceDir,
+  writeMarker,
+} from "./formats/output_dir.ts";
 export {
   codeBits,
   gridOf,
@@ -175,7 +208,17 @@ export {
   loadTokenizer,
   type TextTokenizer,
 } from "./text/tokenizer.ts";
-export { type JsonLine, jsonLines, readDataset, type Windows, windows } from "./text/dataset.ts";
+export {
+  type DatasetOptions,
+  idsSha256,
+  type JsonLine,
+  jsonLines,
+  MAX_BINARY_FRACTION,
+  readDataset,
+  readText,
+  type Windows,
+  windows,
+} from "./text/dataset.ts";
 export {
   spmTokenizer,
   type SpmVocab,
@@ -197,9 +240,12 @@ export {
   type LinearName,
   type ModelConfig,
   parseHfConfig,
+  readHfConfig,
+  refuseUnrunnable,
+  type RopeScaling,
   toHfConfig,
 } from "./models/config.ts";
-export { type BlockWeights, expectShape, type ModelSource } from "./models/source.ts";
+export { type BlockWeights, expectFinite, expectShape, type ModelSource } from "./models/source.ts";
 export {
   addBlock,
   attention,
@@ -326,11 +372,14 @@ export {
 } from "./stages/reconstruct.ts";
 export { reassemble, type ReassembleOptions } from "./stages/reassemble.ts";
 export { staticActivations } from "./stages/static_activations.ts";
+export { type CheckpointProgress, LayerwiseCheckpoints } from "./stages/checkpoint.ts";
 
 // Methods: one file each, its flags, options and stages (methods/).
 export type { Method, MethodOptions, MethodRun } from "./methods/method.ts";
 export type { ActivationOptions } from "./methods/flags.ts";
-export { type Options } from "./cli/flags.ts";
+export { checkBatch, checkGroups } from "./methods/flags.ts";
+export { type CommandMain, type Options, runCommand, runMain, UsageError } from "./cli/flags.ts";
+export { Interrupts } from "./cli/signals.ts";
 export { RTN, rtn, type RtnMethodOptions, type UniformOptions } from "./methods/rtn.ts";
 export { GPTQ, type GptqMethodOptions, gptqStage, type GptqStageOptions } from "./methods/gptq.ts";
 export {
@@ -385,6 +434,7 @@ export { Slots } from "./serve/slots.ts";
 
 // Evaluation (eval/).
 export {
+  EVAL_OFFLOAD_BYTES,
   onnxPerplexity,
   perplexity,
   type PerplexityOptions,
@@ -449,4 +499,21 @@ export {
   q8Grid,
 } from "./run/pack.ts";
 export { exportModel, type ExportRun, TABLE_BLOCK, tableGrid8 } from "./run/export.ts";
+export { checkOutput, commitOutput, type OutputTarget, type RunInput } from "./run/output.ts";
+export {
+  checkDisk,
+  checkMemory,
+  checkTokenIds,
+  formatBytes,
+  type Need,
+  parameterCount,
+} from "./run/preflight.ts";
+export {
+  checkResume,
+  differences,
+  type Fingerprint,
+  fingerprint,
+  type FingerprintInputs,
+  prepareCheckpointDir,
+} from "./run/fingerprint.ts";
 export { Progress } from "./cli/progress.ts";

@@ -15,6 +15,7 @@ import { benchMatmul } from "./matmul.ts";
 import { benchMemory } from "./memory.ts";
 import { benchQllm } from "./qllm.ts";
 import { benchRotation } from "./rotation.ts";
+import { benchScale } from "./scale.ts";
 import type { Benchmark } from "./types.ts";
 
 /** The registered benchmarks. */
@@ -66,5 +67,12 @@ export const BENCHMARKS: readonly Benchmark[] = [
     description:
       "ONNX exports (MatMulNBits, KV cache): size, RSS, prefill/decode tokens/s, perplexity",
     run: benchDeploy,
+  },
+  {
+    name: "scale",
+    description:
+      "GPTQ W4 g128 on a LLaMA-2-7B-shaped bf16 checkpoint (~13 GB, generated and cached): " +
+      "peak RSS, s/block, GFLOP/s vs ORT MatMul (takes hours)",
+    run: benchScale,
   },
 ];

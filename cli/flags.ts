@@ -6,6 +6,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { type Device, DEVICES } from "../kernels/session.ts";
+import { Interrupts } from "./signals.ts";
 
 /** Option declarations as `node:util` parseArgs takes them. */
 export type Options = NonNullable<ParseArgsConfig["options"]>;
@@ -69,14 +70,41 @@ export function deviceFlag(v: unknown): Device {
   return d;
 }
 
-/** Runs a CLI main, printing errors without stack traces for usage and input errors. */
-export async function runMain(main: (argv: string[]) => Promise<void>): Promise<void> {
+/** A command's entry point: its arguments, and where it registers its temporary paths. */
+export type CommandMain = (argv: string[], interrupts: Interrupts) => Promise<void>;
+
+/**
+ * Runs a command's main and returns its exit code: 0, 2 for a usage error (a flag), 1 for any
+ * other error; the error is printed as `error: …` through `print`, without a stack trace
+ * (with one when QLLM_DEBUG is set).
+ */
+export async function runCommand(
+  main: CommandMain,
+  argv: string[],
+  interrupts: Interrupts = new Interrupts(),
+  print: (msg: string) => void = (m) => console.error(m),
+): Promise<number> {
   try {
-    await main(Deno.args);
+    await main(argv, interrupts);
+    return 0;
   } catch (e) {
-    const err = e as Error;
-    console.error(`error: ${err.message}`);
-    if (!(err instanceof UsageError) && Deno.env.get("QLLM_DEBUG")) console.error(err.stack);
-    Deno.exit(err instanceof UsageError ? 2 : 1);
+    const err = e instanceof Error ? e : new Error(String(e));
+    print(`error: ${err.message}`);
+    if (!(err instanceof UsageError) && Deno.env.get("QLLM_DEBUG")) print(err.stack ?? "");
+    return err instanceof UsageError ? 2 : 1;
+  } finally {
+    interrupts.removeAll(); // whatever an error path left tracked
   }
+}
+
+/**
+ * Runs a CLI main with the signal listeners installed ({@linkcode Interrupts}); exits with the
+ * code of {@linkcode runCommand} on error.
+ */
+export async function runMain(main: CommandMain): Promise<void> {
+  const interrupts = new Interrupts();
+  const uninstall = interrupts.install();
+  const code = await runCommand(main, Deno.args, interrupts);
+  uninstall();
+  if (code !== 0) Deno.exit(code);
 }

@@ -28,7 +28,8 @@ export function encodePair(
   const whole = tok.encode(kept + moved);
   let ctx = tok.encode(kept);
   const cont = whole.slice(ctx.length);
-  if (ctx.length === 0) ctx = [tok.bos]; // a tokenizer that adds no BOS: the prefix token
+  // A tokenizer that adds no BOS: the prefix token (the harness uses EOS where there is no BOS).
+  if (ctx.length === 0) ctx = [tok.bos ?? tok.eos];
   return { context: ctx, continuation: cont };
 }
 

@@ -15,6 +15,7 @@ import {
   type RawData,
   type RawTensor,
   SafetensorsReader,
+  type SafetensorsSnapshot,
   SafetensorsWriter,
   type TensorInfo,
   type WritableDtype,
@@ -183,6 +184,11 @@ export class Checkpoint {
     return target;
   }
 
+  /** The file that stores `name` (aliases resolved). */
+  fileOf(name: string): string {
+    return this.#where.get(this.resolve(name))!.path;
+  }
+
   /** Dtype, shape and byte length of a tensor (aliases resolved). */
   info(name: string): TensorInfo {
     const stored = this.resolve(name);
@@ -267,6 +273,24 @@ function indexJson(shards: readonly PendingShard[], files: readonly string[]): s
     "\n";
 }
 
+/** The state of an unfinished {@linkcode CheckpointWriter}, from which another process resumes it. */
+export interface CheckpointSnapshot {
+  /** The checkpoint directory. */
+  dir: string;
+  /** Largest shard. */
+  maxShardBytes: number;
+  /** `__metadata__` of every shard. */
+  metadata: Record<string, string>;
+  /** Temporary name prefix of the shards. */
+  prefix: string;
+  /** Finished shards, under their temporary names. */
+  done: { tmpPath: string; names: string[]; bytes: number }[];
+  /** The shard being written. */
+  current: SafetensorsSnapshot | null;
+  /** Its tensors. */
+  currentNames: string[];
+}
+
 /**
  * Writes a checkpoint tensor by tensor, starting a new shard when the next tensor would push the
  * current one past `maxShardBytes`. One shard → `model.safetensors`; several →
@@ -304,6 +328,37 @@ export class CheckpointWriter {
     }
     await Deno.mkdir(dir, { recursive: true });
     return new CheckpointWriter(dir, max, { ...options.metadata });
+  }
+
+  /** What {@linkcode resume} needs to continue this checkpoint in another process. */
+  snapshot(): CheckpointSnapshot {
+    this.#requireOpen();
+    return {
+      dir: this.dir,
+      maxShardBytes: this.#maxShardBytes,
+      metadata: { ...this.#metadata },
+      prefix: this.#prefix,
+      done: this.#done.map((d) => ({ ...d, names: [...d.names] })),
+      current: this.#current?.snapshot() ?? null,
+      currentNames: [...this.#currentNames],
+    };
+  }
+
+  /** Continues a checkpoint from a {@linkcode snapshot} (later writes are discarded). */
+  static async resume(s: CheckpointSnapshot): Promise<CheckpointWriter> {
+    const w = new CheckpointWriter(s.dir, s.maxShardBytes, { ...s.metadata });
+    w.#prefix = s.prefix;
+    for (const d of s.done) {
+      if (!(await exists(d.tmpPath))) {
+        throw new Error(`${d.tmpPath}: a finished shard of the checkpoint is missing`);
+      }
+    }
+    w.#done = s.done.map((d) => ({ ...d, names: [...d.names] }));
+    w.#current = s.current ? await SafetensorsWriter.resume(s.current) : null;
+    w.#currentNames = [...s.currentNames];
+    for (const d of w.#done) for (const n of d.names) w.#names.add(n);
+    for (const n of w.#currentNames) w.#names.add(n);
+    return w;
   }
 
   /** Appends one tensor (see `SafetensorsWriter.add`); duplicate names throw. */

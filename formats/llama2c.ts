@@ -10,7 +10,7 @@
  */
 import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "../models/config.ts";
-import type { BlockWeights, ModelSource } from "../models/source.ts";
+import { type BlockWeights, expectFinite, type ModelSource } from "../models/source.ts";
 
 const HEADER_BYTES = 7 * 4;
 
@@ -51,15 +51,19 @@ export async function openLlama2c(path: string): Promise<ModelSource> {
       offset[name] = at;
       at += n * 4;
     }
-    if (at > size) {
+    if (at !== size) {
       throw new Error(
-        `${path}: truncated llama2.c checkpoint (header needs ${at} bytes, file has ${size})`,
+        `${path}: the llama2.c header [${Array.from(head).join(", ")}] implies ${at} bytes, ` +
+          `the file has ${size}` + (at > size ? " (truncated?)" : "") +
+          layersHint(size, at, sections, layers),
       );
     }
     const read = async (section: string, index: number, shape: number[]): Promise<Tensor> => {
       const n = shape.reduce((a, b) => a * b, 1);
-      const bytes = await readAt(file, offset[section] + index * n * 4, n * 4);
-      return { data: new Float32Array(bytes.buffer, 0, n), shape };
+      const bytes = await readAt(file, offset[section] + index * n * 4, n * 4, path);
+      const whole = ["tok_embeddings", "rms_final", "wcls"].includes(section);
+      const name = whole ? section : `${section} of layer ${index}`;
+      return expectFinite({ data: new Float32Array(bytes.buffer, 0, n), shape }, name, path);
     };
     const source: ModelSource = {
       path,
@@ -169,13 +173,31 @@ export function halfToInterleaved(w: Tensor, headDim: number): Tensor {
   };
 }
 
-async function readAt(file: Deno.FsFile, pos: number, n: number): Promise<Uint8Array> {
+/** When the size matches another layer count (a header that disagrees with the file), says so. */
+function layersHint(
+  size: number,
+  at: number,
+  sections: [string, number][],
+  layers: number,
+): string {
+  const perLayer =
+    sections.filter(([n]) =>
+      ["rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3"].includes(n)
+    ).reduce((s, [, n]) => s + n * 4, 0) / layers;
+  const other = at - perLayer * layers;
+  const fits = (size - other) / perLayer;
+  return Number.isInteger(fits) && fits > 0
+    ? `; its size fits n_layers ${fits}, not the header's ${layers}`
+    : "";
+}
+
+async function readAt(file: Deno.FsFile, pos: number, n: number, path = ""): Promise<Uint8Array> {
   const buf = new Uint8Array(n);
   await file.seek(pos, Deno.SeekMode.Start);
   let got = 0;
   while (got < n) {
     const k = await file.read(buf.subarray(got));
-    if (k === null) throw new Error(`unexpected end of file at byte ${pos + got}`);
+    if (k === null) throw new Error(`${path}: unexpected end of file at byte ${pos + got}`);
     got += k;
   }
   return buf;

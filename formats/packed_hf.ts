@@ -8,6 +8,7 @@
  * {@linkcode ModelSource} whose linear weights the codec dequantizes one block at a time.
  * @module
  */
+import { claimTemp, replaceDir, writeMarker } from "./output_dir.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import {
   blockTensorShapes,
@@ -70,6 +71,7 @@ export async function writePackedHf(
   const clean = out.replace(/\/+$/, "");
   const tmp = `${clean}.partial-${crypto.randomUUID().slice(0, 8)}`;
   await Deno.mkdir(tmp, { recursive: true });
+  await claimTemp(tmp);
   const w = await CheckpointWriter.create(tmp, { metadata: { format: "pt" } });
   let roundedScales = 0;
   try {
@@ -107,8 +109,8 @@ export async function writePackedHf(
     await copyTokenizerFiles(model.path, tmp);
     let bytes = 0;
     for (const f of files) bytes += (await Deno.stat(`${tmp}/${f}`)).size;
-    await Deno.remove(clean, { recursive: true }).catch(() => {});
-    await Deno.rename(tmp, clean);
+    await writeMarker(tmp, { kind: "packed", format: "hf" });
+    await replaceDir(tmp, clean);
     return { path: clean, bytes, roundedScales };
   } catch (e) {
     await w.abort().catch(() => {});

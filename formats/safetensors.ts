@@ -191,6 +191,19 @@ function floatBits(src: Float32Array): Uint32Array {
   return new Uint32Array(src.buffer, src.byteOffset, src.length);
 }
 
+/** Whether every float32 value is exactly a float16 (`F16`) or bfloat16 (`BF16`) value. */
+export function exactlyRepresentable(src: Float32Array, dtype: "F16" | "BF16"): boolean {
+  const bits = floatBits(src);
+  if (dtype === "BF16") {
+    for (let i = 0; i < bits.length; i++) if ((bits[i] & 0xffff) !== 0) return false;
+    return true;
+  }
+  for (let i = 0; i < bits.length; i++) {
+    if (HALF_TO_FLOAT_BITS[floatBitsToHalf(bits[i])] !== bits[i]) return false;
+  }
+  return true;
+}
+
 /** Encodes float32 values as float16 bit patterns (round to nearest, ties to even). */
 export function encodeF16(src: Float32Array): Uint16Array {
   const bits = floatBits(src);
@@ -454,7 +467,9 @@ export class SafetensorsReader {
 
   /** Opens `path`, reading and validating only the header. Throws `SafetensorsError` if malformed. */
   static async open(path: string): Promise<SafetensorsReader> {
-    const file = await Deno.open(path, { read: true });
+    const file = await Deno.open(path, { read: true }).catch((e) => {
+      throw new SafetensorsError(path, `cannot open (${(e as Error).message})`);
+    });
     try {
       const { header, dataStart } = await readHeader(path, file);
       return new SafetensorsReader(path, file, header, dataStart);
@@ -631,6 +646,20 @@ async function copyFile(from: string, to: Deno.FsFile): Promise<void> {
   }
 }
 
+/** The state of an unfinished {@linkcode SafetensorsWriter}, from which a later process resumes it. */
+export interface SafetensorsSnapshot {
+  /** The final file path. */
+  path: string;
+  /** `__metadata__`. */
+  metadata: Record<string, string>;
+  /** The data file written so far. */
+  dataPath: string;
+  /** Tensors written: name, dtype, shape, begin, end (bytes in the data file). */
+  entries: [string, Dtype, number[], number, number][];
+  /** Bytes of data written. */
+  size: number;
+}
+
 /**
  * Writes a safetensors file one tensor at a time, holding at most one tensor in memory.
  * Tensor bytes go to `<path>.data-<random>.tmp`; `finish()` writes `<path>.tmp-<random>` and
@@ -674,6 +703,51 @@ export class SafetensorsWriter {
     return this.#size;
   }
 
+  /** What {@linkcode resume} needs to continue this file in another process. */
+  snapshot(): SafetensorsSnapshot {
+    this.#open();
+    return {
+      path: this.path,
+      metadata: { ...this.#metadata },
+      dataPath: this.#dataPath,
+      entries: [...this.#entries].map(([n, e]) => [n, e.dtype, [...e.shape], e.begin, e.end]),
+      size: this.#size,
+    };
+  }
+
+  /**
+   * Continues a file from a {@linkcode snapshot}: its data file is cut back to what the snapshot
+   * records (dropping anything written after it) and reopened for appending.
+   */
+  static async resume(s: SafetensorsSnapshot): Promise<SafetensorsWriter> {
+    if (!(await pathExists(s.dataPath)) && await pathExists(s.path)) {
+      await recoverData(s);
+    }
+    const data = await Deno.open(s.dataPath, { write: true }).catch((e) => {
+      throw new SafetensorsError(s.path, `cannot resume: ${(e as Error).message}`);
+    });
+    try {
+      const st = await data.stat();
+      if (st.size < s.size) {
+        throw new SafetensorsError(
+          s.dataPath,
+          `cannot resume: ${st.size} bytes, the checkpoint recorded ${s.size}`,
+        );
+      }
+      await data.truncate(s.size);
+      await data.seek(s.size, Deno.SeekMode.Start);
+    } catch (e) {
+      data.close();
+      throw e;
+    }
+    const w = new SafetensorsWriter(s.path, { ...s.metadata }, s.dataPath, data);
+    for (const [n, dtype, shape, begin, end] of s.entries) {
+      w.#entries.set(n, { dtype, shape, begin, end });
+    }
+    w.#size = s.size;
+    return w;
+  }
+
   /** Number of tensors added so far. */
   get count(): number {
     return this.#entries.size;
@@ -700,7 +774,11 @@ export class SafetensorsWriter {
     requireLittleEndian(this.path);
     const bytes = encodeTensor(this.path, name, dtype, shape, data);
     const begin = this.#size;
-    await writeFully(file, bytes);
+    try {
+      await writeFully(file, bytes);
+    } catch (e) {
+      throw new SafetensorsError(this.#dataPath, `write failed: ${(e as Error).message}`, name);
+    }
     this.#size += bytes.length;
     this.#entries.set(name, { dtype, shape: [...shape], begin, end: this.#size });
   }
@@ -723,7 +801,8 @@ export class SafetensorsWriter {
       await Deno.rename(outPath, this.path);
     } catch (e) {
       await removeQuietly(outPath);
-      throw e;
+      if (e instanceof SafetensorsError) throw e;
+      throw new SafetensorsError(outPath, `write failed: ${(e as Error).message}`);
     } finally {
       await removeQuietly(this.#dataPath);
     }
@@ -748,6 +827,45 @@ export class SafetensorsWriter {
     this.#data?.close();
     this.#data = null;
   }
+}
+
+async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A writer that was finished after its snapshot (a process killed right after a shard filled):
+ * its data file is gone but the finished file holds the same bytes after its header, so the
+ * data file is rebuilt from it (the snapshot's part) and the finished file removed.
+ */
+async function recoverData(s: SafetensorsSnapshot): Promise<void> {
+  const src = await Deno.open(s.path, { read: true });
+  try {
+    const len = new Uint8Array(8);
+    await readFully(src, len, () => s.path);
+    const start = 8 + Number(new DataView(len.buffer).getBigUint64(0, true));
+    await src.seek(start, Deno.SeekMode.Start);
+    const out = await Deno.open(s.dataPath, { write: true, createNew: true });
+    try {
+      const buf = new Uint8Array(COPY_CHUNK);
+      for (let left = s.size; left > 0;) {
+        const n = await src.read(buf.subarray(0, Math.min(buf.length, left)));
+        if (n === null) throw new SafetensorsError(s.path, "shorter than the checkpoint recorded");
+        await writeFully(out, buf.subarray(0, n));
+        left -= n;
+      }
+    } finally {
+      out.close();
+    }
+  } finally {
+    src.close();
+  }
+  await Deno.remove(s.path);
 }
 
 /** Writes a whole safetensors file atomically (temporary name, then rename). */

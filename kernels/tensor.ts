@@ -19,6 +19,15 @@ export function sizeOf(shape: readonly number[]): number {
   return n;
 }
 
+/** Index of the first NaN or ±Infinity in `data`, or -1 when every value is finite. */
+export function firstNonFinite(data: Float32Array): number {
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i];
+    if (v - v !== 0) return i; // NaN − NaN and ∞ − ∞ are NaN
+  }
+  return -1;
+}
+
 /** Makes a tensor, checking that the data length matches the shape. */
 export function tensor(data: Float32Array, shape: number[]): Tensor {
   if (data.length !== sizeOf(shape)) {

@@ -14,6 +14,7 @@ import {
   reconstruct,
   type ReconstructionMethod,
 } from "../stages/reconstruct.ts";
+import { checkBatch, checkGroups } from "./flags.ts";
 import type { Method } from "./method.ts";
 import {
   FIRST_AND_LAST,
@@ -113,6 +114,10 @@ export const ABQ: Method<AbqMethodOptions> = {
       teacher: true,
       settings: { ...omni, compensation, ...t },
       stages: () => [reconstruct(abqMethod(omni), t)],
+      check: (c, calib) => {
+        checkGroups(c, omni.groupSize);
+        checkBatch(t.batch ?? 1, calib.nsamples);
+      },
     };
   },
 };

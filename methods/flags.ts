@@ -7,6 +7,7 @@
  */
 import type { RotateOptions } from "../algorithms/rotation.ts";
 import { intFlag, numFlag, type Options, UsageError } from "../cli/flags.ts";
+import { LINEAR_NAMES, linearShape, type ModelConfig } from "../models/config.ts";
 
 /** `--wbits`, `--group-size`. */
 export const WEIGHT_FLAGS = {
@@ -144,4 +145,28 @@ export function trainFlags(
     batch: intFlag(f.batch, "--batch", 1),
     resume,
   };
+}
+
+/**
+ * Refuses, before any work, a `--group-size` that does not divide the input width of every
+ * linear layer of the model (unless partial groups are allowed), naming the layer.
+ */
+export function checkGroups(c: ModelConfig, groupSize: number, allowPartial = false): void {
+  if (groupSize === 0 || allowPartial) return;
+  for (const name of LINEAR_NAMES) {
+    const cols = linearShape(c, name)[1];
+    if (cols % groupSize !== 0) {
+      throw new UsageError(
+        `--group-size ${groupSize}: does not divide the input width ${cols} of ${name} ` +
+          "(choose a divisor, or --allow-partial-group where the method takes it)",
+      );
+    }
+  }
+}
+
+/** Refuses a `--batch` that does not divide `--nsamples`. */
+export function checkBatch(batch: number, nsamples: number): void {
+  if (nsamples % batch !== 0) {
+    throw new UsageError(`--batch ${batch}: must divide --nsamples ${nsamples}`);
+  }
 }

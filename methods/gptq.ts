@@ -12,6 +12,7 @@ import {
   ACTIVATION_FLAGS,
   ACTIVATION_USAGE,
   activationFlags,
+  checkGroups,
   WEIGHT_FLAGS,
   WEIGHT_USAGE,
 } from "./flags.ts";
@@ -132,6 +133,7 @@ export const GPTQ: Method<GptqMethodOptions> = {
       damp_percent: gptq.percdamp ?? 0.01,
     },
     stages: () => [gptqStage({ ...gptq, scaleFormat })],
+    check: (c) => checkGroups(c, gptq.groupSize, gptq.allowPartialGroup),
   }),
   packRequest: ({ gptq, activations }) => uniformPackRequest("gptq", gptq, activations),
 };

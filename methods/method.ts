@@ -7,6 +7,7 @@
  */
 import type { Options } from "../cli/flags.ts";
 import type { PackRequest, ScaleFormat } from "../formats/packed.ts";
+import type { ModelConfig } from "../models/config.ts";
 import type { RunContext, Stage } from "../stages/job.ts";
 import type { ActivationOptions } from "./flags.ts";
 
@@ -30,6 +31,12 @@ export interface MethodRun {
   quantConfig?: Record<string, unknown>;
   /** The method's stages, given the run context. */
   stages: (ctx: RunContext) => Stage[];
+  /**
+   * Checks the method's flags against the model and the calibration before any work (a group
+   * size that does not divide a layer, a batch that does not divide the samples); errors name
+   * the flag.
+   */
+  check?: (c: ModelConfig, calib: { nsamples: number; seqlen: number }) => void;
 }
 
 /** What every method's options carry: the run-time activation settings. */

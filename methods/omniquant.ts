@@ -31,6 +31,8 @@ import {
   ACTIVATION_FLAGS,
   ACTIVATION_USAGE,
   activationFlags,
+  checkBatch,
+  checkGroups,
   TRAIN_FLAGS,
   trainFlags,
   trainUsage,
@@ -274,6 +276,10 @@ export const OMNIQUANT: Method<LearnedOptions> = {
       teacher: true,
       settings: { ...omni, ...t },
       stages: () => [reconstruct(omniquantMethod(omni), t)],
+      check: (c, calib) => {
+        checkGroups(c, omni.groupSize);
+        checkBatch(t.batch ?? 1, calib.nsamples);
+      },
     };
   },
 };

@@ -32,6 +32,8 @@ import {
   ACTIVATION_FLAGS,
   ACTIVATION_USAGE,
   activationFlags,
+  checkBatch,
+  checkGroups,
   TRAIN_FLAGS,
   trainFlags,
   trainUsage,
@@ -278,6 +280,10 @@ ${ACTIVATION_USAGE}`,
           : []),
         o.useLora ? reconstruct(loraMethod(o.lora), train) : rtn({ bits: wbits, groupSize }),
       ],
+      check: (c, calib) => {
+        checkGroups(c, groupSize);
+        checkBatch(train.batch ?? 1, calib.nsamples);
+      },
     };
   },
 };

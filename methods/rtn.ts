@@ -11,6 +11,7 @@ import {
   ACTIVATION_USAGE,
   activationFlags,
   type ActivationOptions,
+  checkGroups,
   WEIGHT_FLAGS,
   WEIGHT_USAGE,
   weightFlags,
@@ -177,6 +178,7 @@ export const RTN: Method<RtnMethodOptions> = {
     },
     quantConfig: uniformQuantConfig(uniform, scaleFormat),
     stages: () => [rtn({ ...uniform, scaleFormat })],
+    check: (c) => checkGroups(c, uniform.groupSize, uniform.allowPartialGroup),
   }),
   packRequest: ({ uniform, activations }) => uniformPackRequest("rtn", uniform, activations),
 };

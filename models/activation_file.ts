@@ -32,7 +32,23 @@ export class ActivationFile {
     } catch (e) {
       throw new Error(`--offload-activations: cannot create ${path}: ${(e as Error).message}`);
     }
-    file.truncateSync(shape[0] * shape[1] * shape[2] * 4);
+    try {
+      file.truncateSync(shape[0] * shape[1] * shape[2] * 4);
+    } catch (e) {
+      file.close();
+      throw new Error(`${path}: cannot size the activation file (${(e as Error).message})`);
+    }
+    return new ActivationFile(path, shape, file);
+  }
+
+  /** Opens an existing activation file of `shape` (its size must match). */
+  static open(path: string, shape: [number, number, number]): ActivationFile {
+    const file = Deno.openSync(path, { read: true, write: true });
+    const want = shape[0] * shape[1] * shape[2] * 4, size = file.statSync().size;
+    if (size !== want) {
+      file.close();
+      throw new Error(`${path}: ${size} bytes, expected ${want} for [${shape.join(", ")}]`);
+    }
     return new ActivationFile(path, shape, file);
   }
 
@@ -56,7 +72,11 @@ export class ActivationFile {
     const f = this.#open();
     f.seekSync(w0 * this.#windowBytes, Deno.SeekMode.Start);
     const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-    for (let done = 0; done < bytes.length;) done += f.writeSync(bytes.subarray(done));
+    try {
+      for (let done = 0; done < bytes.length;) done += f.writeSync(bytes.subarray(done));
+    } catch (e) {
+      throw new Error(`${this.path}: writing activations failed (${(e as Error).message})`);
+    }
   }
 
   /** Copies the windows of `x` (same shape) into the file. */

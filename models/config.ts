@@ -4,10 +4,26 @@
  * @module
  */
 
+/**
+ * RoPE frequency scaling (`rope_scaling`): `linear` divides every position by `factor`; `llama3`
+ * (Llama 3.1/3.2) divides the low frequencies by `factor`, keeps the high ones and blends
+ * between `originalMaxPositions / lowFreqFactor` and `originalMaxPositions / highFreqFactor`
+ * wavelengths.
+ */
+export type RopeScaling =
+  | { type: "linear"; factor: number }
+  | {
+    type: "llama3";
+    factor: number;
+    lowFreqFactor: number;
+    highFreqFactor: number;
+    originalMaxPositions: number;
+  };
+
 /** Everything the block graph and the pipelines need to know about a model. */
 export interface ModelConfig {
-  /** `llama`, `mistral` or `qwen2` (HF `model_type`); llama2.c checkpoints are `llama`. */
-  modelType: "llama" | "mistral" | "qwen2";
+  /** `llama`, `mistral`, `qwen2` or `qwen3` (HF `model_type`); llama2.c checkpoints are `llama`. */
+  modelType: "llama" | "mistral" | "qwen2" | "qwen3";
   /** Model width (`hidden_size`). */
   hidden: number;
   /** MLP width (`intermediate_size`). */
@@ -24,14 +40,22 @@ export interface ModelConfig {
   vocab: number;
   /** Longest sequence the model runs (`max_position_embeddings`). */
   maxSeq: number;
-  /** RMSNorm epsilon (`rms_norm_eps`, default 1e-6; 1e-5 for llama2.c). */
+  /** RMSNorm epsilon (`rms_norm_eps`, default 1e-6; 1e-5 for llama2.c); positive. */
   rmsEps: number;
   /** RoPE base frequency (`rope_theta`, default 10000). */
   ropeTheta: number;
+  /** RoPE frequency scaling (`rope_scaling`), when the model has one. */
+  ropeScaling?: RopeScaling;
   /** Input and output embeddings share one matrix. */
   tiedEmbeddings: boolean;
   /** q/k/v projections carry biases (Qwen2, or `attention_bias: true`). */
   qkvBias: boolean;
+  /** o_proj carries a bias (LLaMA's `attention_bias: true`; not Qwen's). */
+  oProjBias?: boolean;
+  /** gate/up/down projections carry biases (`mlp_bias: true`). */
+  mlpBias?: boolean;
+  /** q and k pass a per-head RMSNorm before RoPE (Qwen3's `q_norm` / `k_norm`). */
+  qkNorm?: boolean;
   /**
    * Activation bits the model must run with (per-token fake quantization of every linear's
    * input), from `quantization_config.activation_bits` of models this toolkit wrote.
@@ -44,7 +68,7 @@ export interface ModelConfig {
    * activation scales), with their shapes (`quantization_config.extra_block_tensors`).
    */
   extraTensors?: Record<string, number[]>;
-  /** Mistral-style sliding attention window; sequences longer than it are refused. */
+  /** Sliding attention window (Mistral; Qwen2 with `use_sliding_window`); longer sequences are refused. */
   slidingWindow?: number;
   /** Beginning-of-sequence token id (`bos_token_id`, default 1). */
   bos: number;
@@ -70,62 +94,167 @@ export function checkSeqlen(c: ModelConfig, seqlen: number, flag = "--seqlen"): 
   }
 }
 
-const SUPPORTED = ["llama", "mistral", "qwen2"] as const;
+const SUPPORTED = ["llama", "mistral", "qwen2", "qwen3"] as const;
 
-/** Parses a Hugging Face `config.json`; `file` names the file in errors. */
-export function parseHfConfig(json: Record<string, unknown>, file: string): ModelConfig {
+type Json = Record<string, unknown>;
+
+/** Readers of a config's fields; every error names the file and the key. */
+function fields(json: Json, file: string) {
+  const bad = (key: string, what: string) =>
+    new Error(`${file}: "${key}" ${what} (found ${JSON.stringify(json[key])})`);
+  const num = (key: string, fallback?: number): number => {
+    const v = json[key] ?? fallback;
+    if (typeof v !== "number" || !Number.isFinite(v)) throw bad(key, "must be a number");
+    return v;
+  };
+  return {
+    num,
+    positive: (key: string, fallback?: number): number => {
+      const v = num(key, fallback);
+      if (!(v > 0)) throw bad(key, "must be positive");
+      return v;
+    },
+    count: (key: string, fallback?: number): number => {
+      const v = num(key, fallback);
+      if (!Number.isInteger(v) || v < 1) throw bad(key, "must be an integer ≥ 1");
+      return v;
+    },
+    flag: (key: string, fallback: boolean): boolean => {
+      const v = json[key] ?? fallback;
+      if (typeof v !== "boolean") throw bad(key, "must be true or false");
+      return v;
+    },
+  };
+}
+
+/** `rope_scaling` (`rope_type` or the older `type`); `default` and null are none. */
+function ropeScaling(json: Json, file: string): RopeScaling | undefined {
+  const r = json.rope_scaling;
+  if (r === undefined || r === null) return undefined;
+  if (typeof r !== "object" || Array.isArray(r)) {
+    throw new Error(`${file}: "rope_scaling" must be an object or null`);
+  }
+  const o = r as Json;
+  const type = o.rope_type ?? o.type;
+  const f = fields(o, `${file}: rope_scaling`);
+  switch (type) {
+    case "default":
+      return undefined;
+    case "linear":
+      return { type, factor: f.positive("factor") };
+    case "llama3": {
+      const s: RopeScaling = {
+        type,
+        factor: f.positive("factor"),
+        lowFreqFactor: f.positive("low_freq_factor"),
+        highFreqFactor: f.positive("high_freq_factor"),
+        originalMaxPositions: f.count("original_max_position_embeddings"),
+      };
+      if (!(s.highFreqFactor > s.lowFreqFactor)) {
+        throw new Error(
+          `${file}: rope_scaling: high_freq_factor ${s.highFreqFactor} must exceed ` +
+            `low_freq_factor ${s.lowFreqFactor}`,
+        );
+      }
+      return s;
+    }
+    default:
+      throw new Error(
+        `${file}: rope_scaling type ${JSON.stringify(type)} is not supported ` +
+          "(supported: linear, llama3)",
+      );
+  }
+}
+
+/**
+ * Reads a Hugging Face `config.json` into a {@linkcode ModelConfig}, validating every field it
+ * uses (errors name `file` and the key): sizes are positive integers, `rms_norm_eps` positive,
+ * the heads divide, `head_dim` is even. Options the block graph does not run yet are read, not
+ * refused: {@linkcode parseHfConfig} refuses them.
+ */
+export function readHfConfig(json: Record<string, unknown>, file: string): ModelConfig {
   const modelType = String(json.model_type ?? "");
   if (!(SUPPORTED as readonly string[]).includes(modelType)) {
     throw new Error(
       `${file}: model_type "${modelType}" is not supported (supported: ${SUPPORTED.join(", ")})`,
     );
   }
-  const num = (key: string, fallback?: number): number => {
-    const v = json[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isFinite(v)) {
-      throw new Error(`${file}: "${key}" must be a number (found ${JSON.stringify(v)})`);
-    }
-    return v;
-  };
+  const f = fields(json, file);
   const act = json.hidden_act ?? "silu";
   if (act !== "silu") throw new Error(`${file}: hidden_act "${act}" is not supported (only silu)`);
-  if (json.rope_scaling != null) {
-    throw new Error(`${file}: rope_scaling ${JSON.stringify(json.rope_scaling)} is not supported`);
-  }
-  if (json.mlp_bias === true) throw new Error(`${file}: mlp_bias true is not supported`);
-  const maxSeq = num("max_position_embeddings", 2048);
-  const sliding = json.use_sliding_window === false ? null : json.sliding_window;
-  const hidden = num("hidden_size");
-  const heads = num("num_attention_heads");
-  const kvHeads = num("num_key_value_heads", heads);
-  const headDim = typeof json.head_dim === "number" ? json.head_dim : hidden / heads;
+  const hidden = f.count("hidden_size");
+  const heads = f.count("num_attention_heads");
+  const kvHeads = f.count("num_key_value_heads", heads);
+  const headDim = json.head_dim === undefined || json.head_dim === null
+    ? hidden / heads
+    : f.count("head_dim");
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
     throw new Error(`${file}: head_dim ${headDim} must be an even integer`);
   }
   if (heads % kvHeads !== 0) {
-    throw new Error(`${file}: num_attention_heads ${heads} is not a multiple of ${kvHeads}`);
+    throw new Error(
+      `${file}: num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`,
+    );
   }
+  const layers = f.count("num_hidden_layers");
+  const qwen = modelType === "qwen2" || modelType === "qwen3";
+  // Qwen2's q/k/v always carry biases; LLaMA's `attention_bias` adds them to q/k/v and o_proj.
+  const attentionBias = modelType === "qwen2" || f.flag("attention_bias", false);
+  // Qwen2 and Mistral-style sliding windows: Qwen2 uses one only with `use_sliding_window`, on
+  // the layers from `max_window_layers` on.
+  let sliding: number | undefined;
+  if (json.sliding_window !== undefined && json.sliding_window !== null) {
+    const window = f.count("sliding_window");
+    const used = qwen ? f.flag("use_sliding_window", false) : true;
+    const from = qwen ? f.num("max_window_layers", 0) : 0;
+    if (used && from < layers) sliding = window;
+  }
+  const scaling = ropeScaling(json, file);
   return {
     modelType: modelType as ModelConfig["modelType"],
     hidden,
-    intermediate: num("intermediate_size"),
-    layers: num("num_hidden_layers"),
+    intermediate: f.count("intermediate_size"),
+    layers,
     heads,
     kvHeads,
     headDim,
-    vocab: num("vocab_size"),
-    maxSeq,
-    rmsEps: num("rms_norm_eps", 1e-6),
-    ropeTheta: num("rope_theta", 10000),
-    tiedEmbeddings: json.tie_word_embeddings === true,
-    qkvBias: modelType === "qwen2" || json.attention_bias === true,
-    slidingWindow: typeof sliding === "number" ? sliding : undefined,
+    vocab: f.count("vocab_size"),
+    maxSeq: f.count("max_position_embeddings", 2048),
+    rmsEps: f.positive("rms_norm_eps", 1e-6),
+    ropeTheta: f.positive("rope_theta", 10000),
+    ...(scaling ? { ropeScaling: scaling } : {}),
+    tiedEmbeddings: f.flag("tie_word_embeddings", false),
+    qkvBias: attentionBias,
+    oProjBias: attentionBias && !qwen,
+    mlpBias: f.flag("mlp_bias", false),
+    qkNorm: modelType === "qwen3",
+    slidingWindow: sliding,
     activationBits: activationBits(json, file),
     kvBits: kvBits(json, file),
     extraTensors: extraTensors(json, file),
     bos: typeof json.bos_token_id === "number" ? json.bos_token_id : 1,
     eos: typeof json.eos_token_id === "number" ? json.eos_token_id : 2,
   };
+}
+
+/**
+ * Refuses, by name, what a config asks that the block graph does not run yet: RoPE scaling,
+ * an o_proj bias, MLP biases, Qwen3's q/k norm. (Sequences past a sliding window are refused
+ * by {@linkcode checkSeqlen}.)
+ */
+export function refuseUnrunnable(c: ModelConfig, file: string): void {
+  const no = (what: string) => new Error(`${file}: ${what} is not supported yet`);
+  if (c.ropeScaling) throw no(`rope_scaling of type ${c.ropeScaling.type}`);
+  if (c.oProjBias) throw no("attention_bias true (a bias on o_proj)");
+  if (c.mlpBias) throw no("mlp_bias true");
+  if (c.qkNorm) throw no("Qwen3's q/k RMSNorm (q_norm, k_norm)");
+}
+
+/** Parses a Hugging Face `config.json` the toolkit can run; `file` names the file in errors. */
+export function parseHfConfig(json: Record<string, unknown>, file: string): ModelConfig {
+  const c = readHfConfig(json, file);
+  refuseUnrunnable(c, file);
+  return c;
 }
 
 function activationBits(json: Record<string, unknown>, file: string): number | undefined {
@@ -166,7 +295,10 @@ export function toHfConfig(c: ModelConfig): Record<string, unknown> {
     llama: "LlamaForCausalLM",
     mistral: "MistralForCausalLM",
     qwen2: "Qwen2ForCausalLM",
+    qwen3: "Qwen3ForCausalLM",
   };
+  const r = c.ropeScaling;
+  const qwen = c.modelType === "qwen2" || c.modelType === "qwen3";
   return {
     architectures: [arch[c.modelType]],
     model_type: c.modelType,
@@ -180,9 +312,23 @@ export function toHfConfig(c: ModelConfig): Record<string, unknown> {
     max_position_embeddings: c.maxSeq,
     rms_norm_eps: c.rmsEps,
     rope_theta: c.ropeTheta,
-    rope_scaling: null,
+    rope_scaling: r === undefined
+      ? null
+      : r.type === "linear"
+      ? { rope_type: "linear", factor: r.factor }
+      : {
+        rope_type: "llama3",
+        factor: r.factor,
+        low_freq_factor: r.lowFreqFactor,
+        high_freq_factor: r.highFreqFactor,
+        original_max_position_embeddings: r.originalMaxPositions,
+      },
     tie_word_embeddings: c.tiedEmbeddings,
-    attention_bias: c.modelType === "llama" ? c.qkvBias : undefined,
+    attention_bias: c.modelType === "qwen2" ? undefined : c.qkvBias,
+    mlp_bias: c.mlpBias ? true : undefined,
+    sliding_window: c.slidingWindow ?? (c.modelType === "mistral" ? null : undefined),
+    use_sliding_window: qwen ? c.slidingWindow !== undefined : undefined,
+    max_window_layers: qwen && c.slidingWindow !== undefined ? 0 : undefined,
     hidden_act: "silu",
     bos_token_id: c.bos,
     eos_token_id: c.eos,
@@ -242,6 +388,16 @@ export function blockTensorShapes(c: ModelConfig): Record<string, number[]> {
     shapes["self_attn.q_proj.bias"] = [q];
     shapes["self_attn.k_proj.bias"] = [kv];
     shapes["self_attn.v_proj.bias"] = [kv];
+  }
+  if (c.oProjBias) shapes["self_attn.o_proj.bias"] = [c.hidden];
+  if (c.mlpBias) {
+    shapes["mlp.gate_proj.bias"] = [c.intermediate];
+    shapes["mlp.up_proj.bias"] = [c.intermediate];
+    shapes["mlp.down_proj.bias"] = [c.hidden];
+  }
+  if (c.qkNorm) {
+    shapes["self_attn.q_norm.weight"] = [c.headDim];
+    shapes["self_attn.k_norm.weight"] = [c.headDim];
   }
   return shapes;
 }

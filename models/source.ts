@@ -4,7 +4,7 @@
  * (`formats/`) produce it; the stream, evaluation and export consume it.
  * @module
  */
-import type { Tensor } from "../kernels/tensor.ts";
+import { firstNonFinite, type Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 
 /**
@@ -25,6 +25,8 @@ export interface ModelSource {
   readonly format: "hf" | "llama2c" | "gptq" | "compressed-tensors" | "gguf";
   /** The model's shape and options. */
   readonly config: ModelConfig;
+  /** The dtype its linear weights are stored in (F32 when unknown). */
+  readonly dtype?: "F32" | "F16" | "BF16";
   /** Token embedding [vocab, hidden]. */
   embedding(): Promise<Tensor>;
   /** Decoder block `i`'s tensors. */
@@ -43,6 +45,17 @@ export function expectShape(t: Tensor, shape: number[], tensorName: string, file
     throw new Error(
       `${file}: tensor "${tensorName}" has shape [${t.shape.join(", ")}], ` +
         `expected [${shape.join(", ")}] from the config`,
+    );
+  }
+  return t;
+}
+
+/** Throws unless every value of `t` is finite; the message names the tensor and the file. */
+export function expectFinite(t: Tensor, tensorName: string, file: string): Tensor {
+  const i = firstNonFinite(t.data);
+  if (i >= 0) {
+    throw new Error(
+      `${file}: tensor "${tensorName}" holds a non-finite value (${t.data[i]} at index ${i})`,
     );
   }
   return t;

@@ -4,14 +4,20 @@
  * @module
  */
 import { runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { ABQ } from "../methods/abq.ts";
 import { methodMain } from "../run/main.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
 /** Runs ABQ-LLM from command-line flags. */
-export function abqMain(argv: string[]): Promise<QuantizeReport | undefined> {
-  return methodMain(ABQ, argv, FIXTURE_DEFAULTS);
+export function abqMain(
+  argv: string[],
+  interrupts?: Interrupts,
+): Promise<QuantizeReport | undefined> {
+  return methodMain(ABQ, argv, FIXTURE_DEFAULTS, interrupts);
 }
 
-if (import.meta.main) await runMain(async (argv) => void await abqMain(argv));
+if (import.meta.main) {
+  await runMain(async (argv, interrupts) => void await abqMain(argv, interrupts));
+}

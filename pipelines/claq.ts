@@ -4,14 +4,20 @@
  * @module
  */
 import { runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { CLAQ } from "../methods/claq.ts";
 import { methodMain } from "../run/main.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
 /** Runs CLAQ from command-line flags. */
-export function claqMain(argv: string[]): Promise<QuantizeReport | undefined> {
-  return methodMain(CLAQ, argv, FIXTURE_DEFAULTS);
+export function claqMain(
+  argv: string[],
+  interrupts?: Interrupts,
+): Promise<QuantizeReport | undefined> {
+  return methodMain(CLAQ, argv, FIXTURE_DEFAULTS, interrupts);
 }
 
-if (import.meta.main) await runMain(async (argv) => void await claqMain(argv));
+if (import.meta.main) {
+  await runMain(async (argv, interrupts) => void await claqMain(argv, interrupts));
+}

@@ -9,6 +9,7 @@
  * @module
  */
 import { parseFlags, runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { DEFAULT_MODEL, fixtureText } from "../fixtures/paths.ts";
 import { gptqStage } from "../methods/gptq.ts";
 import { runQuantization } from "../run/quantize.ts";
@@ -44,7 +45,7 @@ const USAGE = `usage: deno run -A pipelines/custom_stage.ts [--model DIR] [--out
   --model DIR          Hugging Face or llama2.c model (default: the tinystories-656k fixture)
   --out DIR            output directory (default: out/custom-stage)`;
 
-async function main(argv: string[]) {
+async function main(argv: string[], interrupts: Interrupts) {
   const f = parseFlags(argv, {
     model: { type: "string" },
     out: { type: "string" },
@@ -53,6 +54,7 @@ async function main(argv: string[]) {
   if (f.help) return console.log(USAGE);
   const gptq = { bits: 4, groupSize: 0, actOrder: true, staticGroups: false, trueSequential: true };
   const report = await runQuantization({
+    interrupts,
     method: "gptq+input-outliers",
     wbits: 4,
     abits: 16,

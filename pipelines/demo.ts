@@ -12,13 +12,14 @@ import { loadTokenizer } from "../text/tokenizer.ts";
 import { propagate } from "../stages/propagate.ts";
 import { gptqStage } from "../methods/gptq.ts";
 import { deviceFlag, parseFlags, runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { modelDir } from "../formats/open.ts";
 import { greedy } from "../eval/generate.ts";
 import { runQuantization } from "../run/quantize.ts";
 
 const USAGE = "usage: deno task demo [--model DIR] [--out DIR] [--device cpu|webgpu|cuda]";
 
-async function main(argv: string[]) {
+async function main(argv: string[], interrupts: Interrupts) {
   const f = parseFlags(argv, {
     model: { type: "string" },
     out: { type: "string" },
@@ -38,6 +39,7 @@ async function main(argv: string[]) {
     allowPartialGroup: true,
   };
   const report = await runQuantization({
+    interrupts,
     method: "gptq",
     wbits: 4,
     abits: 16,
@@ -64,7 +66,7 @@ async function main(argv: string[]) {
   for (const [name, p] of [["original", path], ["quantized", out]]) {
     const m = await openModel(p);
     try {
-      const ids = await greedy(rt, m, [tok.bos], { tokens: 40 });
+      const ids = await greedy(rt, m, [tok.bos ?? m.config.bos], { tokens: 40 });
       console.log(`  ${name}: ${tok.decode(ids).replaceAll("\n", " ")}`);
     } finally {
       m.close();

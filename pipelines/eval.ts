@@ -25,6 +25,7 @@ import { openModel, openTokenizer } from "../formats/open.ts";
 import { Runtime } from "../kernels/session.ts";
 import { checkSeqlen } from "../models/config.ts";
 import { OnnxDecoder } from "../serve/decoder.ts";
+import { Interrupts } from "../cli/signals.ts";
 import { readDataset } from "../text/dataset.ts";
 import type { TextTokenizer } from "../text/tokenizer.ts";
 
@@ -49,7 +50,8 @@ interface Backend {
   close(): Promise<void>;
 }
 
-async function main(argv: string[]) {
+/** Measures perplexity from command-line flags and prints it. */
+export async function evalMain(argv: string[], interrupts = new Interrupts()): Promise<void> {
   const f = parseFlags(argv, {
     model: { type: "string" },
     onnx: { type: "string" },
@@ -82,11 +84,18 @@ async function main(argv: string[]) {
   const log = (m: string) => progress.log(m);
   const backend = f.onnx !== undefined
     ? await onnxBackend(modelPath, f, maxWindows, log)
-    : await graphBackend(modelPath, f, maxWindows, log);
+    : await graphBackend(modelPath, f, maxWindows, log, interrupts);
   try {
     const out: Record<string, unknown> = { model: modelPath };
     if (dataPath !== undefined) {
-      const ids = await readDataset(dataPath, backend.tokenizer);
+      const ids = await readDataset(dataPath, backend.tokenizer).catch((e) => {
+        throw new Error(`--data ${(e as Error).message}`);
+      });
+      if (ids.length < backend.seqlen) {
+        throw new UsageError(
+          `--data ${dataPath}: ${ids.length} tokens, not one window of ${backend.seqlen}`,
+        );
+      }
       progress.log(`${dataPath}: ${ids.length} tokens`);
       const r = await backend.perplexity(ids);
       Object.assign(out, {
@@ -123,31 +132,48 @@ async function main(argv: string[]) {
   }
 }
 
-/** Our block graph over a checkpoint, one block at a time. */
+/**
+ * Our block graph over a checkpoint, one block at a time; hidden states too large for memory
+ * stream through a scratch file, removed on every exit (signals included).
+ */
 async function graphBackend(
   path: string,
   f: Record<string, unknown>,
   maxWindows: number | undefined,
   log: (m: string) => void,
+  interrupts: Interrupts,
 ): Promise<Backend> {
   const rt = new Runtime(deviceFlag(f.device));
   const model = await openModel(path);
-  try {
-    const seqlen = intFlag(f.seqlen, "--seqlen", defaultSeqlen(model), 2);
-    checkSeqlen(model.config, seqlen);
-    return {
-      tokenizer: await openTokenizer(path),
-      seqlen,
-      perplexity: (ids) => perplexity(rt, model, ids, { seqlen, maxWindows, log }),
-      scorer: () => blockGraphLoglikelihood(rt, model),
-      close: async () => {
-        model.close();
-        await rt.release();
-      },
-    };
-  } catch (e) {
+  let scratch: string | null = null;
+  const close = async () => {
+    if (scratch) {
+      await Deno.remove(scratch, { recursive: true }).catch(() => {});
+      interrupts.release(scratch);
+    }
     model.close();
     await rt.release();
+  };
+  try {
+    const seqlen = intFlag(f.seqlen, "--seqlen", defaultSeqlen(model), 2);
+    try {
+      checkSeqlen(model.config, seqlen);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    const tokenizer = await openTokenizer(path);
+    scratch = await Deno.makeTempDir({ prefix: "qllm-eval-" });
+    interrupts.track(scratch);
+    const dir = scratch;
+    return {
+      tokenizer,
+      seqlen,
+      perplexity: (ids) => perplexity(rt, model, ids, { seqlen, maxWindows, log, scratch: dir }),
+      scorer: () => blockGraphLoglikelihood(rt, model),
+      close,
+    };
+  } catch (e) {
+    await close();
     throw e;
   }
 }
@@ -173,4 +199,4 @@ async function onnxBackend(
   };
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(evalMain);

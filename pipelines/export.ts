@@ -10,10 +10,13 @@
  * @module
  */
 import { intFlag, parseFlags, runMain, UsageError } from "../cli/flags.ts";
+import { Interrupts } from "../cli/signals.ts";
+import { claimTemp, replaceDir } from "../formats/output_dir.ts";
 import { DEFAULT_MODEL, FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
 import { exportModel } from "../run/export.ts";
 import { packedFormatFlag } from "../run/main.ts";
+import { checkOutput } from "../run/output.ts";
 import { packAndEvaluate } from "../run/pack.ts";
 
 const USAGE = `usage: deno run -A pipelines/export.ts [--model DIR] --out DIR [--format F]
@@ -28,7 +31,8 @@ const USAGE = `usage: deno run -A pipelines/export.ts [--model DIR] --out DIR [-
   --embedding-type T   gguf: q8_0 stores the embedding and head as Q8_0
   --eval A,B           also measure the exported model's perplexity (val, wikitext2 or a file;
                        packed formats evaluate val unless --eval none)
-  --eval-windows N     evaluate the first N windows only`;
+  --eval-windows N     evaluate the first N windows only
+  --overwrite          replace a file or a directory at --out that is not an output of ours`;
 
 const FLAGS = {
   model: { type: "string" },
@@ -41,6 +45,7 @@ const FLAGS = {
   "eval-windows": { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean" },
+  overwrite: { type: "boolean" },
   help: { type: "boolean" },
 } as const;
 
@@ -53,8 +58,16 @@ const evalFiles = (f: Flags, fallback: string[]) =>
 const evalWindows = (f: Flags) =>
   f["eval-windows"] === undefined ? undefined : intFlag(f["eval-windows"], "--eval-windows");
 
-/** A packed format: pack, evaluate the packed model, return its result. */
-async function exportPacked(f: Flags, model: string, out: string): Promise<unknown> {
+/**
+ * A packed format: pack into a temporary directory beside `--out` (removed on every exit path),
+ * evaluate the packed model there, then move it into place; returns its result.
+ */
+async function exportPacked(
+  f: Flags,
+  model: string,
+  out: string,
+  interrupts: Interrupts,
+): Promise<unknown> {
   const type = String(f.type ?? "f32").toUpperCase();
   if (type !== "F32" && type !== "F16") {
     throw new UsageError(`--type ${f.type}: expected f32 or f16`);
@@ -62,25 +75,48 @@ async function exportPacked(f: Flags, model: string, out: string): Promise<unkno
   if (f["embedding-type"] !== undefined && String(f["embedding-type"]).toUpperCase() !== "Q8_0") {
     throw new UsageError(`--embedding-type ${f["embedding-type"]}: only q8_0 (default: as --type)`);
   }
+  const format = packedFormatFlag(f.format)!;
+  const evals = evalFiles(f, ["val"]);
+  await checkOutput(out, {
+    overwrite: !!f.overwrite,
+    inputs: [{ flag: "--model", path: model }, ...evals.map((path) => ({ flag: "--eval", path }))],
+  });
+  const tmp = `${out}.partial-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await Deno.mkdir(tmp);
+  } catch (e) {
+    throw new Error(`--out ${out}: cannot create ${tmp} (${(e as Error).message})`);
+  }
+  interrupts.track(tmp);
   const rt = new Runtime("cpu");
   try {
-    return await packAndEvaluate(rt, model, {
-      format: packedFormatFlag(f.format)!,
-      out,
+    await claimTemp(tmp);
+    const inner = `${tmp}/${format === "gguf" ? "model.gguf" : "model"}`;
+    const r = await packAndEvaluate(rt, model, {
+      format,
+      out: inner,
       floatType: type,
       ...(f["embedding-type"] === undefined ? {} : { embeddingType: "Q8_0" as const }),
-      evalFiles: evalFiles(f, ["val"]),
+      evalFiles: evals,
       windows: evalWindows(f),
       log: f.quiet ? () => {} : (m) => console.error(m),
     });
+    if (format === "gguf") await Deno.rename(inner, out);
+    else await replaceDir(inner, out);
+    return { ...r, path: out };
   } finally {
     await rt.release();
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    interrupts.release(tmp);
   }
 }
 
 /** The formats the command writes, by `--format` name. */
-const FORMATS: Record<string, (f: Flags, model: string, out: string) => Promise<unknown>> = {
-  onnx: (f, model, out) => {
+const FORMATS: Record<
+  string,
+  (f: Flags, model: string, out: string, interrupts: Interrupts) => Promise<unknown>
+> = {
+  onnx: (f, model, out, interrupts) => {
     const embeddings = intFlag(f.embeddings, "--embeddings", 32);
     if (embeddings !== 32 && embeddings !== 8) {
       throw new UsageError(`--embeddings ${embeddings}: expected 32 or 8`);
@@ -91,6 +127,8 @@ const FORMATS: Record<string, (f: Flags, model: string, out: string) => Promise<
       embeddings,
       eval: { files: evalFiles(f, []), windows: evalWindows(f) },
       quiet: !!f.quiet,
+      overwrite: !!f.overwrite,
+      interrupts,
     });
   },
   gptq: exportPacked,
@@ -99,7 +137,10 @@ const FORMATS: Record<string, (f: Flags, model: string, out: string) => Promise<
 };
 
 /** Runs the command on `argv`; returns what the format's writer returned. */
-export async function exportMain(argv: string[]): Promise<unknown> {
+export async function exportMain(
+  argv: string[],
+  interrupts: Interrupts = new Interrupts(),
+): Promise<unknown> {
   const f = parseFlags(argv, FLAGS, USAGE);
   if (f.help) return console.log(USAGE);
   if (!f.out) throw new UsageError(`--out is required\n${USAGE}`);
@@ -108,9 +149,10 @@ export async function exportMain(argv: string[]): Promise<unknown> {
   if (!write) {
     throw new UsageError(`--format ${format}: expected ${Object.keys(FORMATS).join(", ")}`);
   }
-  const result = await write(f, (f.model as string | undefined) ?? DEFAULT_MODEL, f.out as string);
+  const out = (f.out as string).replace(/\/+$/, "") || (f.out as string);
+  const result = await write(f, (f.model as string | undefined) ?? DEFAULT_MODEL, out, interrupts);
   if (f.json || format !== "onnx") console.log(JSON.stringify(result, null, 2));
   return result;
 }
 
-if (import.meta.main) await runMain(async (argv) => void await exportMain(argv));
+if (import.meta.main) await runMain(async (argv, i) => void await exportMain(argv, i));

@@ -58,7 +58,9 @@ async function main(argv: string[]) {
   const model = await openModel(path);
   try {
     const tok = await openTokenizer(path);
-    const prompt = f.prompt === undefined ? [tok.bos] : tok.encode(f.prompt as string);
+    const prompt = f.prompt === undefined
+      ? [tok.bos ?? model.config.bos]
+      : tok.encode(f.prompt as string);
     const ids = await greedy(rt, model, prompt, {
       tokens,
       abits: f.abits === undefined ? undefined : intFlag(f.abits, "--abits", 16, 2),
@@ -77,7 +79,7 @@ async function onnxMain(f: Record<string, unknown>, tokens: number) {
   });
   try {
     const tok = dec.tokenizer;
-    const prompt = f.prompt === undefined ? [tok.bos] : tok.encode(f.prompt as string);
+    const prompt = f.prompt === undefined ? [tok.bos ?? tok.eos] : tok.encode(f.prompt as string);
     const out = new TextEncoder();
     const stream = !f.json;
     // The prompt's text first, once generation is under way.

@@ -4,14 +4,20 @@
  * @module
  */
 import { runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { GPTQ } from "../methods/gptq.ts";
 import { methodMain } from "../run/main.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
 /** Runs GPTQ from command-line flags. */
-export function gptqMain(argv: string[]): Promise<QuantizeReport | undefined> {
-  return methodMain(GPTQ, argv, FIXTURE_DEFAULTS);
+export function gptqMain(
+  argv: string[],
+  interrupts?: Interrupts,
+): Promise<QuantizeReport | undefined> {
+  return methodMain(GPTQ, argv, FIXTURE_DEFAULTS, interrupts);
 }
 
-if (import.meta.main) await runMain(async (argv) => void await gptqMain(argv));
+if (import.meta.main) {
+  await runMain(async (argv, interrupts) => void await gptqMain(argv, interrupts));
+}

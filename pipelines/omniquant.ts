@@ -4,14 +4,20 @@
  * @module
  */
 import { runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { OMNIQUANT } from "../methods/omniquant.ts";
 import { methodMain } from "../run/main.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
 /** Runs OmniQuant from command-line flags. */
-export function omniquantMain(argv: string[]): Promise<QuantizeReport | undefined> {
-  return methodMain(OMNIQUANT, argv, FIXTURE_DEFAULTS);
+export function omniquantMain(
+  argv: string[],
+  interrupts?: Interrupts,
+): Promise<QuantizeReport | undefined> {
+  return methodMain(OMNIQUANT, argv, FIXTURE_DEFAULTS, interrupts);
 }
 
-if (import.meta.main) await runMain(async (argv) => void await omniquantMain(argv));
+if (import.meta.main) {
+  await runMain(async (argv, interrupts) => void await omniquantMain(argv, interrupts));
+}

@@ -4,14 +4,20 @@
  * @module
  */
 import { runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { QLLM } from "../methods/qllm.ts";
 import { methodMain } from "../run/main.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
 /** Runs QLLM from command-line flags. */
-export function qllmMain(argv: string[]): Promise<QuantizeReport | undefined> {
-  return methodMain(QLLM, argv, FIXTURE_DEFAULTS);
+export function qllmMain(
+  argv: string[],
+  interrupts?: Interrupts,
+): Promise<QuantizeReport | undefined> {
+  return methodMain(QLLM, argv, FIXTURE_DEFAULTS, interrupts);
 }
 
-if (import.meta.main) await runMain(async (argv) => void await qllmMain(argv));
+if (import.meta.main) {
+  await runMain(async (argv, interrupts) => void await qllmMain(argv, interrupts));
+}

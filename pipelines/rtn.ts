@@ -4,14 +4,20 @@
  * @module
  */
 import { runMain } from "../cli/flags.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { RTN } from "../methods/rtn.ts";
 import { methodMain } from "../run/main.ts";
 import type { QuantizeReport } from "../run/report.ts";
 
 /** Runs Round-to-nearest from command-line flags. */
-export function rtnMain(argv: string[]): Promise<QuantizeReport | undefined> {
-  return methodMain(RTN, argv, FIXTURE_DEFAULTS);
+export function rtnMain(
+  argv: string[],
+  interrupts?: Interrupts,
+): Promise<QuantizeReport | undefined> {
+  return methodMain(RTN, argv, FIXTURE_DEFAULTS, interrupts);
 }
 
-if (import.meta.main) await runMain(async (argv) => void await rtnMain(argv));
+if (import.meta.main) {
+  await runMain(async (argv, interrupts) => void await rtnMain(argv, interrupts));
+}

@@ -7,11 +7,14 @@
  */
 import { rtnWeight } from "../algorithms/quantizer.ts";
 import { Progress } from "../cli/progress.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import { onnxPerplexity } from "../eval/perplexity.ts";
 import { type ExportReport, writeOnnxExport } from "../formats/onnx.ts";
 import { gridOf, type GridWeight } from "../formats/quantized.ts";
 import type { Tensor } from "../kernels/tensor.ts";
+import { claimTemp, writeMarker } from "../formats/output_dir.ts";
 import { OnnxDecoder } from "../serve/decoder.ts";
+import { checkOutput, commitOutput } from "./output.ts";
 import { readDataset } from "../text/dataset.ts";
 
 /** Columns per block of the 8-bit embedding and head. */
@@ -31,6 +34,10 @@ export interface ExportRun {
   inlineLimit?: number;
   /** No progress lines. */
   quiet?: boolean;
+  /** Replace a file or a directory that is not ours at `out` (`--overwrite`). */
+  overwrite?: boolean;
+  /** Where the export registers its temporary directory, removed if the process is interrupted. */
+  interrupts?: Interrupts;
 }
 
 /** The 8-bit grid (asymmetric min-max per row and block of 32 columns) of a table. */
@@ -51,10 +58,23 @@ export function tableGrid8(t: Tensor, name: string): GridWeight {
 /** Exports a model; returns the report it wrote. */
 export async function exportModel(r: ExportRun): Promise<ExportReport> {
   const progress = new Progress(r.quiet);
-  const out = r.out.replace(/\/+$/, "");
+  const out = r.out.replace(/\/+$/, "") || r.out;
+  await checkOutput(out, {
+    overwrite: r.overwrite,
+    inputs: [
+      { flag: "--model", path: r.model },
+      ...(r.eval?.files ?? []).map((path) => ({ flag: "--eval", path })),
+    ],
+  });
   const tmp = `${out}.partial-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.mkdir(tmp, { recursive: true });
   try {
+    await Deno.mkdir(tmp);
+  } catch (e) {
+    throw new Error(`--out ${out}: cannot create ${tmp} (${(e as Error).message})`);
+  }
+  r.interrupts?.track(tmp);
+  try {
+    await claimTemp(tmp);
     const report = await writeOnnxExport(r.model, tmp, {
       quantizeTable: r.embeddings === 8 ? tableGrid8 : undefined,
       inlineLimit: r.inlineLimit,
@@ -87,11 +107,13 @@ export async function exportModel(r: ExportRun): Promise<ExportReport> {
       `${tmp}/${report.file.replace(/\.onnx$/, ".report.json")}`,
       JSON.stringify(report, null, 2) + "\n",
     );
-    await Deno.remove(out, { recursive: true }).catch(() => {});
-    await Deno.rename(tmp, out);
+    await writeMarker(tmp, { kind: "export", format: "onnx" });
+    await commitOutput(tmp, out, { overwrite: r.overwrite });
     return { ...report };
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
+  } finally {
+    r.interrupts?.release(tmp);
   }
 }

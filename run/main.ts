@@ -13,6 +13,7 @@ import {
   type PackedFormat,
   scaleFormatOf,
 } from "../formats/packed.ts";
+import type { Interrupts } from "../cli/signals.ts";
 import type { Method, MethodOptions, MethodRun } from "../methods/method.ts";
 import { capture, propagate } from "../stages/propagate.ts";
 import { clipActivations, rotate } from "../stages/rotate.ts";
@@ -55,6 +56,8 @@ export function offloadFlag(f: Record<string, unknown>): boolean | "auto" {
 export const COMMON_FLAGS = {
   model: { type: "string" },
   out: { type: "string" },
+  overwrite: { type: "boolean" },
+  resume: { type: "string" },
   calib: { type: "string" },
   nsamples: { type: "string" },
   seqlen: { type: "string" },
@@ -73,7 +76,11 @@ export const COMMON_FLAGS = {
 /** Usage text of the common flags. */
 export const COMMON_USAGE = `common flags:
   --model DIR          Hugging Face or llama2.c model (default: the tinystories-656k fixture)
-  --out DIR            output directory (default: out/<method>)
+  --out DIR            output directory (default: out/<method>); an earlier output of ours
+                       there is replaced atomically at the end, anything else is refused
+  --overwrite          replace a file or a directory that is not ours at --out
+  --resume DIR         continue a killed run from its checkpoints (<out>.ckpt), which must
+                       come from the same model, data and settings
   --calib FILE         calibration text: .txt, .jsonl (text) or chat .jsonl (messages)
                        (default: the fixture tinystories_train_sample.txt)
   --nsamples N         calibration windows (128)      --seqlen N   window length (256)
@@ -94,7 +101,7 @@ export const COMMON_USAGE = `common flags:
 /** The part of a run the common flags decide. */
 export type CommonRun = Pick<
   QuantizeRun,
-  "model" | "out" | "calib" | "eval" | "device" | "quiet" | "pack"
+  "model" | "out" | "calib" | "eval" | "device" | "quiet" | "pack" | "overwrite" | "resume"
 >;
 
 /** The `--format` flag: a packed format, or undefined. */
@@ -111,7 +118,9 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
   const evalFile = (name: string) => d.evalTexts[name] ?? name;
   return {
     model: (f.model as string | undefined) ?? d.model,
-    out: (f.out as string | undefined) ?? `out/${method}`,
+    out: ((f.out as string | undefined) ?? `out/${method}`).replace(/(.)\/+$/, "$1"),
+    overwrite: !!f.overwrite,
+    ...(f.resume !== undefined ? { resume: f.resume as string } : {}),
     calib: {
       file: (f.calib as string | undefined) ?? d.calib,
       nsamples: intFlag(f.nsamples, "--nsamples", 128),
@@ -189,7 +198,7 @@ function methodRun<O extends MethodOptions>(
   f: Record<string, unknown>,
   out: string,
   pack: PackedFormat | undefined,
-): MethodRun & { rotation?: RotateOptions } {
+): MethodRun & { rotation?: RotateOptions; fingerprintExtras: Record<string, unknown> } {
   const o = withPacking(m, m.options(f), pack);
   const rotation = rotationFlags(f);
   if (rotation && pack) {
@@ -204,6 +213,7 @@ function methodRun<O extends MethodOptions>(
     settings: { ...plan.settings, ...(rotation ? { rotate: rotation } : {}) },
     stages: streamStages(plan, o, rotation),
     ...(rotation ? { rotation } : {}),
+    fingerprintExtras: { activations: o.activations },
   };
 }
 
@@ -234,6 +244,7 @@ export async function methodMain<O extends MethodOptions>(
   m: Method<O>,
   argv: string[],
   defaults: RunDefaults,
+  interrupts?: Interrupts,
 ): Promise<QuantizeReport | undefined> {
   const usage = usageOf(m);
   const f = parseFlags(argv, {
@@ -251,6 +262,7 @@ export async function methodMain<O extends MethodOptions>(
     ...common,
     ...methodRun(m, f, common.out, common.pack),
     offloadActivations: m.layerwise ? offloadFlag(f) : false,
+    interrupts,
   });
   printReport(report, !!f.json);
   return report;

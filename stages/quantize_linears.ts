@@ -4,7 +4,7 @@
  * while a {@linkcode LinearQuantizer} owns the algorithm for one weight matrix.
  * @module
  */
-import type { Tensor } from "../kernels/tensor.ts";
+import { firstNonFinite, type Tensor } from "../kernels/tensor.ts";
 import type { CapturePoint } from "../models/block_graph.ts";
 import { LINEAR_NAMES, type LinearName } from "../models/config.ts";
 import type { LearnedState, RunContext, Stage } from "./job.ts";
@@ -73,6 +73,13 @@ export function quantizeLinears(q: LinearQuantizer): Stage {
           H.delete(INPUT_OF[layer]);
         }
         const r = await q.quantize(job.ctx, layer, W, h, job.index);
+        const bad = firstNonFinite(r.weight.data);
+        if (bad >= 0) {
+          throw new Error(
+            `block ${job.index + 1}: ${q.name} produced a non-finite weight in ${layer} ` +
+              `(${r.weight.data[bad]} at index ${bad}); nothing is written`,
+          );
+        }
         const rel = await relativeOutputError(job.ctx.rt, W, r.weight, h);
         job.weights[key] = r.weight;
         for (const [k, v] of Object.entries(r.learned ?? {})) job.learned[`${layer}.${k}`] = v;

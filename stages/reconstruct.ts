@@ -257,13 +257,14 @@ function buildGraphs(
   return { train: g.toBytes(), readsFpInput, folds };
 }
 
-async function loadCheckpoint(dir: string, block: number, params: Param[]): Promise<boolean> {
-  const path = `${dir}/block-${block}.safetensors`;
-  try {
-    await Deno.stat(path);
-  } catch {
-    return false;
-  }
+const checkpointPath = (dir: string, block: number) => `${dir}/block-${block}.safetensors`;
+
+async function hasCheckpoint(dir: string, block: number): Promise<boolean> {
+  return !!(await Deno.stat(checkpointPath(dir, block)).catch(() => null))?.isFile;
+}
+
+async function loadCheckpoint(dir: string, block: number, params: Param[]): Promise<void> {
+  const path = checkpointPath(dir, block);
   const r = await SafetensorsReader.open(path);
   try {
     for (const p of params) {
@@ -281,13 +282,12 @@ async function loadCheckpoint(dir: string, block: number, params: Param[]): Prom
   } finally {
     r.close();
   }
-  return true;
 }
 
 async function saveCheckpoint(dir: string, block: number, params: Param[]): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
   await writeSafetensors(
-    `${dir}/block-${block}.safetensors`,
+    checkpointPath(dir, block),
     params.map((p) => ({ name: p.name, dtype: "F32" as const, shape: p.shape, data: p.data })),
   );
 }
@@ -329,12 +329,16 @@ async function trainGroup(
   const gradsOf = (r: Record<string, Tensor>) =>
     group.flatMap((mem, k) => mem.params.map((q) => r[names.grad(k, q.name)].data));
 
+  // A group resumes only when every member was saved (a kill can come between two saves);
+  // otherwise it trains from its initial parameters.
   let resumed = false;
   if (o.resume) {
-    const found = [];
-    for (const mem of group) found.push(await loadCheckpoint(o.resume, mem.job.index, mem.params));
+    const found = await Promise.all(group.map((mem) => hasCheckpoint(o.resume!, mem.job.index)));
     resumed = found.every((f) => f);
-    if (resumed) first.ctx.log(`${what}: ${m.name} parameters resumed from ${o.resume}`);
+    if (resumed) {
+      for (const mem of group) await loadCheckpoint(o.resume, mem.job.index, mem.params);
+      first.ctx.log(`${what}: ${m.name} parameters resumed from ${o.resume}`);
+    }
   }
   const opt = new AdamW(all);
   const guard = new NanGuard(all);

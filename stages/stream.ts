@@ -56,6 +56,8 @@ export interface SourceOptions {
   teacher: boolean;
   /** Where the sink hands each block's outputs back as the next block's inputs. */
   link: ChainLink;
+  /** The first block (a resumed run starts after its checkpoint; `input` is its input). */
+  start?: number;
 }
 
 /**
@@ -66,7 +68,8 @@ export interface SourceOptions {
  */
 export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
   const layers = o.model.config.layers;
-  let i = 0;
+  const start = o.start ?? 0;
+  let i = start;
   return new ReadableStream<BlockJob>({
     async pull(controller) {
       if (i >= layers) {
@@ -75,7 +78,7 @@ export function blockSource(o: SourceOptions): ReadableStream<BlockJob> {
       }
       const reading = o.model.block(i);
       reading.catch(() => {}); // awaited below; a failed read must not go unhandled meanwhile
-      const inputs = i === 0
+      const inputs = i === start
         ? { fp: o.teacher ? o.input : undefined, q: o.input }
         : await o.link.take(i);
       const weights = await reading;
@@ -109,12 +112,13 @@ export interface SinkResult {
 
 /**
  * The end of the stream: writes each block's weights and learned state, collects its reports,
- * and passes its outputs on as the next block's inputs.
+ * calls `written` (a checkpoint) and passes its outputs on as the next block's inputs.
  */
 export function blockSink(
   writer: ModelWriter,
   link: ChainLink,
   result: SinkResult,
+  written?: (job: BlockJob) => Promise<void>,
 ): WritableStream<BlockJob> {
   return new WritableStream<BlockJob>({
     async write(job) {
@@ -136,6 +140,7 @@ export function blockSink(
       for (const [k, v] of Object.entries(job.storage)) {
         result.storage[`model.layers.${job.index}.${k}`] = v;
       }
+      await written?.(job);
       link.put(job.index + 1, { fp: job.fpOut, q: job.qOut });
     },
     abort(reason) {

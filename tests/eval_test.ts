@@ -166,7 +166,7 @@ for (const name of MODELS) {
     try {
       const tok = await tokenizer(name);
       assert.equal(expected.ids[0], tok.bos);
-      const ids = await greedy(rt, model, [tok.bos], { tokens: expected.ids.length - 1 });
+      const ids = await greedy(rt, model, [tok.bos!], { tokens: expected.ids.length - 1 });
       assert.deepEqual(ids, expected.ids);
       const text = tok.decode(ids);
       assert.equal(text, expected.text);

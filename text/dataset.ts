@@ -24,6 +24,8 @@ export interface JsonLine {
   value: unknown;
   /** `path:line` (1-based), for error messages. */
   where: string;
+  /** The line number (1-based). */
+  line: number;
 }
 
 /** Parses JSON lines, skipping blank ones; an invalid line is an error naming file and line. */
@@ -35,7 +37,7 @@ export function jsonLines(text: string, path: string): JsonLine[] {
     if (line === "") continue;
     const where = `${path}:${i + 1}`;
     try {
-      out.push({ value: JSON.parse(line), where });
+      out.push({ value: JSON.parse(line), where, line: i + 1 });
     } catch (e) {
       throw new Error(`${where}: invalid JSON (${(e as Error).message})`);
     }
@@ -57,33 +59,96 @@ export function jsonLines(text: string, path: string): JsonLine[] {
  *
  * Blank JSONL lines are skipped. Errors name the file (and line, for JSONL).
  */
-export async function readDataset(path: string, tok: TextTokenizer): Promise<Int32Array> {
+export async function readDataset(
+  path: string,
+  tok: TextTokenizer,
+  o: DatasetOptions = {},
+): Promise<Int32Array> {
   const lower = path.toLowerCase();
-  if (lower.endsWith(".txt")) {
-    return Int32Array.from(tok.encode(await Deno.readTextFile(path)));
+  if (!lower.endsWith(".txt") && !lower.endsWith(".jsonl")) {
+    throw new Error(`${path}: unsupported file type (expected .txt or .jsonl)`);
   }
-  if (lower.endsWith(".jsonl")) {
-    const parts: number[][] = [];
-    for (const { value: obj, where } of jsonLines(await Deno.readTextFile(path), path)) {
-      const rec = (obj ?? {}) as { text?: unknown; messages?: unknown };
-      if (typeof obj === "object" && obj !== null && isMessages(rec.messages)) {
-        if (tok.chatTemplate === undefined) {
-          throw new Error(
-            `${where}: chat-format line (messages) but the tokenizer has no chat template`,
-          );
-        }
-        parts.push(encodeChat(renderChat(tok.chatTemplate, rec.messages, tok), tok));
-      } else if (typeof obj === "object" && obj !== null && typeof rec.text === "string") {
-        parts.push(tok.encode(rec.text));
-      } else {
+  const text = await readText(path);
+  if (lower.endsWith(".txt")) return Int32Array.from(tok.encode(text));
+  const parts: number[][] = [];
+  for (const { value: obj, where, line } of jsonLines(text, path)) {
+    const rec = (obj ?? {}) as { text?: unknown; messages?: unknown };
+    if (typeof obj === "object" && obj !== null && isMessages(rec.messages)) {
+      if (tok.chatTemplate === undefined) {
         throw new Error(
-          `${where}: expected an object with a "text" string or a "messages" array of {role, content}`,
+          `${where}: chat-format line (messages) but the tokenizer has no chat template`,
         );
       }
+      let rendered: string;
+      try {
+        rendered = renderChat(tok.chatTemplate, rec.messages, tok);
+      } catch (e) {
+        throw new Error(`${where}: the chat template failed (${(e as Error).message})`);
+      }
+      const ids = encodeChat(rendered, tok);
+      o.onChat?.(rendered, line, ids.length);
+      parts.push(ids);
+    } else if (typeof obj === "object" && obj !== null && typeof rec.text === "string") {
+      parts.push(tok.encode(rec.text));
+    } else {
+      throw new Error(
+        `${where}: expected an object with a "text" string or a "messages" array of {role, content}`,
+      );
     }
-    return concat(parts);
   }
-  throw new Error(`readDataset: unsupported file type for ${path} (expected .txt or .jsonl)`);
+  return concat(parts);
+}
+
+/** Options of {@linkcode readDataset}. */
+export interface DatasetOptions {
+  /** Receives each chat conversation as rendered by the template, its line and token count. */
+  onChat?: (rendered: string, line: number, tokens: number) => void;
+}
+
+/** Above this fraction of invalid UTF-8 or control characters a file is refused as not text. */
+export const MAX_BINARY_FRACTION = 0.05;
+
+/**
+ * A text file's contents, refused (naming the file) when it cannot be read, or when more than
+ * {@linkcode MAX_BINARY_FRACTION} of its characters are invalid UTF-8 or control characters
+ * other than tab, newline, carriage return and form feed (random bytes, a checkpoint, …).
+ */
+export async function readText(path: string): Promise<string> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new Error(`${path}: no such file`);
+    if (e instanceof Deno.errors.IsADirectory) throw new Error(`${path}: is a directory`);
+    throw new Error(`${path}: cannot read (${(e as Error).message})`);
+  }
+  const text = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true }).decode(bytes);
+  let bad = 0, first = -1;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    const control = (c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0c && c !== 0x0d) ||
+      c === 0x7f;
+    if (control || c === 0xfffd) {
+      if (first < 0) first = i;
+      bad++;
+    }
+  }
+  if (text.length > 0 && bad > MAX_BINARY_FRACTION * text.length) {
+    throw new Error(
+      `${path}: not a text file (${(100 * bad / text.length).toFixed(1)}% of its characters ` +
+        `are invalid UTF-8 or control bytes, the first at character ${first})`,
+    );
+  }
+  return text;
+}
+
+/** sha256 (hex) of token ids written as little-endian uint32, as PROTOCOL.md §2 lists them. */
+export async function idsSha256(ids: ArrayLike<number>): Promise<string> {
+  const bytes = new Uint8Array(ids.length * 4);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < ids.length; i++) view.setUint32(i * 4, ids[i], true);
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** Non-overlapping windows of a token stream. */

@@ -19,8 +19,8 @@ export interface TextTokenizer {
   encode(text: string): number[];
   /** Text of `ids` (special tokens skipped, leading dummy-prefix space removed). */
   decode(ids: number[]): string;
-  /** Id of the beginning-of-sequence token. */
-  readonly bos: number;
+  /** Id of the beginning-of-sequence token (absent when the tokenizer has none, as Qwen's). */
+  readonly bos?: number;
   /** Id of the end-of-sequence token. */
   readonly eos: number;
   /** Number of ids in the vocabulary. */
@@ -55,11 +55,16 @@ function pickChatTemplate(v: unknown): string | undefined {
 
 async function readJson(path: string): Promise<Record<string, unknown>> {
   const text = await Deno.readTextFile(path);
+  let json: unknown;
   try {
-    return JSON.parse(text);
+    json = JSON.parse(text);
   } catch (e) {
     throw new Error(`${path}: invalid JSON (${(e as Error).message})`);
   }
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new Error(`${path}: expected a JSON object`);
+  }
+  return json as Record<string, unknown>;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -106,17 +111,35 @@ function hfCore(tokenizerJson: Record<string, unknown>, config: Record<string, u
  * BOS), computed by `bpe.ts` when it supports the tokenizer.
  */
 export async function loadHfTokenizer(dir: string): Promise<TextTokenizer> {
-  const tokenizerJson = await readJson(`${dir}/tokenizer.json`);
+  const file = `${dir}/tokenizer.json`;
+  const tokenizerJson = await readJson(file);
   const configPath = `${dir}/tokenizer_config.json`;
   const config = (await exists(configPath)) ? await readJson(configPath) : {};
-  const tok = hfCore(tokenizerJson, config);
+  const m = tokenizerJson.model as Record<string, unknown> | undefined;
+  if (!m || typeof m !== "object" || Array.isArray(m)) {
+    throw new Error(`${file}: no "model" object (not a Hugging Face tokenizer.json)`);
+  }
+  if ((m.type ?? "BPE") === "BPE") {
+    if (!m.vocab || typeof m.vocab !== "object" || Array.isArray(m.vocab)) {
+      throw new Error(`${file}: model.vocab must be an object of token → id`);
+    }
+    if (!Array.isArray(m.merges)) throw new Error(`${file}: model.merges must be a list`);
+  }
+  let tok: HfCore;
+  try {
+    tok = hfCore(tokenizerJson, config);
+  } catch (e) {
+    throw new Error(`${file}: cannot build the tokenizer (${(e as Error).message})`);
+  }
 
   const bosToken = tokenText(config.bos_token);
   const eosToken = tokenText(config.eos_token);
-  const idOf = (t: string | undefined, fallback: number): number =>
-    (t === undefined ? undefined : tok.token_to_id(t)) ?? fallback;
-  const bos = idOf(bosToken, 1);
-  const eos = idOf(eosToken, 2);
+  const idOf = (t: string | undefined): number | undefined =>
+    t === undefined ? undefined : tok.token_to_id(t);
+  // A config that names no BOS (`"bos_token": null`, as Qwen's) has none; an older one without
+  // the key keeps LLaMA's id 1.
+  const bos = "bos_token" in config ? idOf(bosToken) : idOf(bosToken) ?? 1;
+  const eos = idOf(eosToken) ?? 2;
   const model = tokenizerJson.model as { vocab?: Record<string, number> } | undefined;
   let vocabSize = 0;
   for (const id of Object.values(model?.vocab ?? {})) vocabSize = Math.max(vocabSize, id + 1);
@@ -126,9 +149,15 @@ export async function loadHfTokenizer(dir: string): Promise<TextTokenizer> {
   const chatTemplate = pickChatTemplate(config.chat_template);
 
   return {
-    encode: (text: string): number[] => tok.encode(text),
+    encode: (text: string): number[] => {
+      try {
+        return tok.encode(text);
+      } catch (e) {
+        throw new Error(`${file}: encoding failed (${(e as Error).message})`);
+      }
+    },
     decode: (ids: number[]): string => ids.length === 0 ? "" : tok.decode(ids),
-    bos,
+    ...(bos !== undefined ? { bos } : {}),
     eos,
     vocabSize,
     ...(chatTemplate !== undefined ? { chatTemplate } : {}),
@@ -389,7 +418,12 @@ export function llama2cDecode(vocab: Llama2cVocab, ids: number[]): string {
 
 /** Loads a llama2.c `tok*.bin` tokenizer (BOS 1, EOS 2, no chat template). */
 export async function loadLlama2cTokenizer(path: string): Promise<TextTokenizer> {
-  const vocab = parseLlama2cVocab(await Deno.readFile(path));
+  let vocab: Llama2cVocab;
+  try {
+    vocab = parseLlama2cVocab(await Deno.readFile(path));
+  } catch (e) {
+    throw new Error(`${path}: ${(e as Error).message}`);
+  }
   const lookup = new Map<string, number>();
   // run.c bsearches a sorted vocab; with duplicate strings the hit is unspecified. Keep the first.
   vocab.pieces.forEach((p, i) => {
