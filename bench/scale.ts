@@ -18,7 +18,7 @@ import {
   llamaConfig,
   type LlamaSpec,
 } from "../fixtures/generate.ts";
-import { fixtureText } from "../fixtures/paths.ts";
+import { fixtureText, PROJECT_ROOT } from "../fixtures/paths.ts";
 import { SafetensorsReader } from "../formats/safetensors.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { Rng } from "../kernels/tensor.ts";
@@ -246,13 +246,36 @@ function markdown(points: ScalePoint[], peak: Record<string, number>): string {
   return [...lines, "", ...notes.map((n) => `- ${n}`)].join("\n");
 }
 
+/**
+ * The measured points of the last results file, by model: a run limited to some models
+ * (`QLLM_SCALE_MODELS=LLaMA-2-7B`, name prefixes) keeps the others' rows (each run takes hours).
+ */
+async function earlierPoints(): Promise<Map<string, ScalePoint>> {
+  const out = new Map<string, ScalePoint>();
+  try {
+    const json = JSON.parse(await Deno.readTextFile(`${PROJECT_ROOT}/bench/results/scale.json`));
+    for (const p of json.benchmarks?.scale?.result?.points ?? []) {
+      if (!p.skipped) out.set(p.model, p);
+    }
+  } catch { /* no results yet */ }
+  return out;
+}
+
 /** Runs the scale benchmark. */
 export async function benchScale(ctx: BenchContext): Promise<BenchRecord> {
   const tmp = await Deno.makeTempDir({ prefix: "qllm-bench-scale-" });
   try {
     const peak = await matmulPeak(ctx, await llamaConfig(LLAMA2_7B_SHAPE));
+    const only = Deno.env.get("QLLM_SCALE_MODELS")?.split(",").map((s) => s.trim());
+    const earlier = await earlierPoints();
     const points: ScalePoint[] = [];
-    for (const m of SCALE_MODELS) points.push(await runOne(ctx, m.name, m.spec, tmp));
+    for (const m of SCALE_MODELS) {
+      const kept = earlier.get(m.name);
+      if (only && !only.some((o) => m.name.startsWith(o)) && kept) {
+        ctx.log(`scale: ${m.name}: kept from the results file (QLLM_SCALE_MODELS)`);
+        points.push(kept);
+      } else points.push(await runOne(ctx, m.name, m.spec, tmp));
+    }
     await writeReadmeSection("scale", markdown(points, peak));
     const summary: SummaryRow[] = points.map((p) =>
       p.skipped ? { label: p.model, value: "skipped", note: p.skipped } : {
