@@ -7,6 +7,11 @@
  * for the issue's goals. PROTOCOL.md's calibration (128 × 256) and evaluation (first 256
  * validation windows). Writes the tables into README.md.
  * Epochs per block of the learned methods: `BENCH_EPOCHS` (5); seeds: `BENCH_SEEDS` (3).
+ *
+ * The benchmark takes hours, so every run is appended to `bench/results/rotation.runs.jsonl` as
+ * it finishes and a later invocation reuses the runs recorded there (same model, flags, seed,
+ * epochs) instead of repeating them; `BENCH_VERIFY` (2) of the reused runs, chosen at random, are
+ * run again and must reproduce the recorded perplexity to 1e-3 relative, or the benchmark fails.
  * @module
  */
 import { ABQ } from "../methods/abq.ts";
@@ -15,7 +20,7 @@ import type { Method } from "../methods/method.ts";
 import { OMNIQUANT } from "../methods/omniquant.ts";
 import { QLLM } from "../methods/qllm.ts";
 import { RTN } from "../methods/rtn.ts";
-import { fixtureModel } from "../fixtures/paths.ts";
+import { fixtureModel, PROJECT_ROOT } from "../fixtures/paths.ts";
 import { RunCache } from "../run/quantize.ts";
 import { fixtureAndOutliers } from "./models.ts";
 import { writeReadmeSection } from "./readme.ts";
@@ -65,6 +70,32 @@ interface Cell {
   flags: string[];
 }
 
+/** One run of the benchmark as recorded in {@linkcode RUNS_FILE}. */
+interface RecordedRun {
+  model: string;
+  flags: string[];
+  ppl: number;
+  fp: number;
+  /** Where the figure comes from, when not from a run of this file's own code path. */
+  source?: string;
+}
+
+/** Every finished run, one JSON object per line. */
+export const RUNS_FILE = `${PROJECT_ROOT}/bench/results/rotation.runs.jsonl`;
+
+const runKey = (model: string, flags: string[]) => `${model}\0${flags.join(" ")}`;
+
+async function recordedRuns(): Promise<Map<string, RecordedRun>> {
+  const out = new Map<string, RecordedRun>();
+  const text = await Deno.readTextFile(RUNS_FILE).catch(() => "");
+  for (const line of text.split("\n")) {
+    if (line.trim() === "") continue;
+    const r = JSON.parse(line) as RecordedRun;
+    out.set(runKey(r.model, r.flags), r);
+  }
+  return out;
+}
+
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 function show(c: Cell | undefined): string {
@@ -84,6 +115,10 @@ export async function benchRotation(ctx: BenchContext): Promise<BenchRecord> {
   ];
   const tmp = await Deno.makeTempDir({ prefix: "qllm-bench-rotation-" });
   const cells: Cell[] = [];
+  const recorded = await recordedRuns();
+  const reused: RecordedRun[] = [];
+  let fresh = 0;
+  let verified: Verified[] = [];
   const measure = async (
     label: string,
     path: string,
@@ -105,14 +140,27 @@ export async function benchRotation(ctx: BenchContext): Promise<BenchRecord> {
       flags,
     };
     for (const seed of rotated ? seeds : [0]) {
-      const f = rotated ? [...flags, "--rotate-seed", String(seed)] : flags;
-      const r = await runRow({ model: path, method, flags: f, out: `${tmp}/row`, cache });
+      const f = [method.name, ...(rotated ? [...flags, "--rotate-seed", String(seed)] : flags)];
+      let run = recorded.get(runKey(label, f));
+      if (run) reused.push(run);
+      else {
+        const r = await runRow({
+          model: path,
+          method,
+          flags: f.slice(1),
+          out: `${tmp}/row`,
+          cache,
+        });
+        run = { model: label, flags: f, ppl: r.eval[VAL].quant, fp: r.eval[VAL].fp };
+        await Deno.writeTextFile(RUNS_FILE, JSON.stringify(run) + "\n", { append: true });
+        fresh++;
+      }
       cell.seeds.push(seed);
-      cell.ppl.push(r.eval[VAL].quant);
-      cell.fp = r.eval[VAL].fp;
+      cell.ppl.push(run.ppl);
+      cell.fp = run.fp;
       ctx.log(
         `rotation: ${label} ${config} ${name}${rotated ? ` seed ${seed}` : ""}: ` +
-          `${r.eval[VAL].quant.toFixed(3)}`,
+          `${run.ppl.toFixed(3)}${recorded.has(runKey(label, f)) ? " (recorded)" : ""}`,
       );
     }
     cells.push(cell);
@@ -135,14 +183,26 @@ export async function benchRotation(ctx: BenchContext): Promise<BenchRecord> {
         await measure(label, path, cache, "W4A4", name, method, flags, true);
       }
     }
+    verified = await verifyReused(ctx, reused, models, tmp);
   } finally {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
-  const markdown = tables(cells, models.map(([l]) => l), epochs, seeds.length);
+  let markdown = tables(cells, models.map(([l]) => l), epochs, seeds.length);
+  if (reused.length) {
+    const sources = [...new Set(reused.map((r) => r.source ?? "earlier invocations"))];
+    markdown += `\n\n${reused.length} of ${reused.length + fresh} runs were recorded by ` +
+      `${sources.join("; ")} (\`${RUNS_FILE.replace(`${PROJECT_ROOT}/`, "")}\`); ` +
+      `${verified.length} of them, chosen at random, were run again and reproduced: ` +
+      verified.map((v) => `${v.label} ${v.recorded.toFixed(3)} → ${v.now.toFixed(3)}`).join(", ") +
+      ".";
+  }
   await writeReadmeSection("rotation", markdown);
   return {
     epochs,
     seeds,
+    fresh_runs: fresh,
+    reused_runs: reused.length,
+    verified,
     cells,
     markdown,
     summary: cells.filter((c) => c.config === "W4A4" && c.rotated).map((c) => ({
@@ -152,6 +212,44 @@ export async function benchRotation(ctx: BenchContext): Promise<BenchRecord> {
       note: `seeds ${c.ppl.map((p) => p.toFixed(2)).join(", ")}`,
     })),
   };
+}
+
+/** A reused run measured again. */
+interface Verified {
+  label: string;
+  recorded: number;
+  now: number;
+}
+
+/** Runs `BENCH_VERIFY` of the reused runs again; a figure that moved fails the benchmark. */
+async function verifyReused(
+  ctx: BenchContext,
+  reused: RecordedRun[],
+  models: [string, string][],
+  tmp: string,
+): Promise<Verified[]> {
+  const n = Math.min(reused.length, Number(Deno.env.get("BENCH_VERIFY") ?? 2));
+  const pool = [...reused];
+  const out: Verified[] = [];
+  for (let i = 0; i < n; i++) {
+    const [r] = pool.splice(Math.floor(Math.random() * pool.length), 1);
+    const path = models.find(([l]) => l === r.model)![1];
+    const method = METHODS.find((m) => m.method.name === r.flags[0])!.method;
+    const now = (await runRow({
+      model: path,
+      method,
+      flags: r.flags.slice(1),
+      out: `${tmp}/verify`,
+      cache: new RunCache(),
+    })).eval[VAL].quant;
+    const label = `${r.model} ${r.flags.join(" ")}`;
+    ctx.log(`rotation: verify ${label}: recorded ${r.ppl.toFixed(3)}, now ${now.toFixed(3)}`);
+    if (Math.abs(now - r.ppl) > 1e-3 * r.ppl) {
+      throw new Error(`${RUNS_FILE}: ${label} recorded ${r.ppl}, measured now ${now}`);
+    }
+    out.push({ label, recorded: r.ppl, now });
+  }
+  return out;
 }
 
 function tables(cells: Cell[], models: string[], epochs: number, seeds: number): string {
