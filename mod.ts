@@ -190,6 +190,7 @@ export {
   ropeRowOrder,
 } from "./formats/llama2c.ts";
 export {
+  ACCURACY_LEVELS,
   DTYPE_OF_BITS,
   type ExportParts,
   type ExportReport,

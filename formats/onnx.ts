@@ -54,7 +54,17 @@ export interface OnnxExportOptions {
   inlineLimit?: number;
   /** Progress lines. */
   log?: (msg: string) => void;
+  /**
+   * `MatMulNBits`' `accuracy_level`: 1 (default) computes with float activations, exactly the
+   * weights we evaluated; 4 lets ORT quantize each block of activations to int8 and use its
+   * integer kernels (faster at decode on the CPU; the results move, and the report's perplexity
+   * says by how much).
+   */
+  accuracyLevel?: 1 | 4;
 }
+
+/** The `accuracy_level` values an export takes. */
+export const ACCURACY_LEVELS = [1, 4] as const;
 
 /** Bytes of the exported file by part. */
 export interface ExportParts {
@@ -106,6 +116,8 @@ export interface ExportReport {
   notes: { layer: string; note: string }[];
   /** Bits of the embedding and head tables (32: float). */
   embeddings_bits: 8 | 32;
+  /** `MatMulNBits`' `accuracy_level` (1: float activations; 4: int8 activations in ORT). */
+  accuracy_level: 1 | 4;
   /** Run-time activation quantization in the graph. */
   activation_bits: number | null;
   /** Run-time q/k/v quantization in the graph. */
@@ -185,6 +197,7 @@ function exportConfig(c: ModelConfig, r: ExportReport): Record<string, unknown> 
       quantization: r.quantization,
       activation_bits: r.activation_bits,
       kv_bits: r.kv_bits,
+      accuracy_level: r.accuracy_level,
     },
   };
 }
@@ -218,6 +231,7 @@ async function buildDecoder(
     fallbacks: [],
     notes: [],
     embeddings_bits: o.quantizeTable ? 8 : 32,
+    accuracy_level: o.accuracyLevel ?? 1,
     activation_bits: c.activationBits ?? null,
     kv_bits: c.kvBits ?? null,
   };
@@ -278,7 +292,7 @@ async function buildDecoder(
       const packed = grids ? packGrid(grids[l]) : { reason: whyFloat };
       if ("packed" in packed) {
         const p = packed.packed;
-        const op = await packedLinearOp(g, w, p, `${prefix}.${l}`, parts);
+        const op = await packedLinearOp(g, w, p, `${prefix}.${l}`, parts, o.accuracyLevel);
         ops.set(l, (_g, v) => op(v));
         containers[`${p.bits}-bit`] = (containers[`${p.bits}-bit`] ?? 0) + 1;
         for (const note of p.notes) report.notes.push({ layer: `${prefix}.${l}`, note });
@@ -352,7 +366,7 @@ async function tables(
     }
     return {
       x: gatherPacked(g, emb, ids, bt, c.hidden),
-      head: (h) => matMulNBits(g, h, head.p, head.vals),
+      head: (h) => matMulNBits(g, h, head.p, head.vals, o.accuracyLevel),
     };
   }
   const e = await add("model.embed_tokens.weight", ...dataOf(await model.embedding()));
@@ -414,15 +428,21 @@ async function packedValues(
 }
 
 /** x [N, K] → [N, N_out] through `MatMulNBits` (after gathering act-order columns). */
-function matMulNBits(g: Graph, x: Value, p: PackedLinear, v: PackedValues): Value {
+function matMulNBits(
+  g: Graph,
+  x: Value,
+  p: PackedLinear,
+  v: PackedValues,
+  accuracyLevel: 1 | 4 = 1,
+): Value {
   const a = v.perm ? g.op("Gather", [x, v.perm], { axis: 1 }) : x;
   return g.op("MatMulNBits", [a, v.B, v.scales, v.zeros], {
     K: p.K,
     N: p.N,
     bits: p.bits,
     block_size: p.blockSize,
-    // 1: float activations and accumulation (4 would quantize the activations to int8).
-    accuracy_level: 1,
+    // 1: float activations and accumulation; 4: activations quantized to int8 per block.
+    accuracy_level: accuracyLevel,
   }, "com.microsoft");
 }
 
@@ -436,13 +456,14 @@ export async function packedLinearOp(
   p: PackedLinear,
   name: string,
   parts: ExportParts = emptyParts(),
+  accuracyLevel: 1 | 4 = 1,
 ): Promise<(x: Value) => Value> {
   const add: Adder = async (n, data, shape) => ({
     v: await w.add(g, n, shape, data),
     bytes: data.byteLength,
   });
   const v = await packedValues(g, add, p, name, parts);
-  return (x) => matMulNBits(g, x, p, v);
+  return (x) => matMulNBits(g, x, p, v, accuracyLevel);
 }
 
 function emptyParts(): ExportParts {

@@ -11,6 +11,7 @@
  */
 import { intFlag, parseFlags, runMain, UsageError } from "../cli/flags.ts";
 import { Interrupts } from "../cli/signals.ts";
+import { ACCURACY_LEVELS } from "../formats/onnx.ts";
 import { claimTemp, replaceDir } from "../formats/output_dir.ts";
 import { DEFAULT_MODEL, FIXTURE_DEFAULTS } from "../fixtures/paths.ts";
 import { Runtime } from "../kernels/session.ts";
@@ -27,6 +28,9 @@ const USAGE = `usage: deno run -A pipelines/export.ts [--model DIR] --out DIR [-
                        gptq | compressed-tensors: a Hugging Face directory for vLLM and
                        transformers; gguf: a .gguf file for llama.cpp (--out FILE.gguf)
   --embeddings B       onnx: 32 (float, default) or 8: the embedding and head in 8 bits
+  --accuracy-level L   onnx: MatMulNBits' accuracy_level: 1 (default: float activations, the
+                       weights exactly as evaluated) or 4 (ORT quantizes the activations to
+                       int8 per block: faster on the CPU; measure with --eval)
   --type T             gguf: f32 (default) or f16 for an unquantized model's weights
   --embedding-type T   gguf: q8_0 stores the embedding and head as Q8_0
   --eval A,B           also measure the exported model's perplexity (val, wikitext2 or a file;
@@ -39,6 +43,7 @@ const FLAGS = {
   out: { type: "string" },
   format: { type: "string" },
   embeddings: { type: "string" },
+  "accuracy-level": { type: "string" },
   type: { type: "string" },
   "embedding-type": { type: "string" },
   eval: { type: "string" },
@@ -71,6 +76,9 @@ async function exportPacked(
   const type = String(f.type ?? "f32").toUpperCase();
   if (type !== "F32" && type !== "F16") {
     throw new UsageError(`--type ${f.type}: expected f32 or f16`);
+  }
+  if (f["accuracy-level"] !== undefined) {
+    throw new UsageError("--accuracy-level: only for --format onnx");
   }
   if (f["embedding-type"] !== undefined && String(f["embedding-type"]).toUpperCase() !== "Q8_0") {
     throw new UsageError(`--embedding-type ${f["embedding-type"]}: only q8_0 (default: as --type)`);
@@ -121,10 +129,17 @@ const FORMATS: Record<
     if (embeddings !== 32 && embeddings !== 8) {
       throw new UsageError(`--embeddings ${embeddings}: expected 32 or 8`);
     }
+    const accuracyLevel = intFlag(f["accuracy-level"], "--accuracy-level", 1);
+    if (!(ACCURACY_LEVELS as readonly number[]).includes(accuracyLevel)) {
+      throw new UsageError(
+        `--accuracy-level ${accuracyLevel}: expected ${ACCURACY_LEVELS.join(" or ")}`,
+      );
+    }
     return exportModel({
       model,
       out,
       embeddings,
+      accuracyLevel: accuracyLevel as 1 | 4,
       eval: { files: evalFiles(f, []), windows: evalWindows(f) },
       quiet: !!f.quiet,
       overwrite: !!f.overwrite,

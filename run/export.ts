@@ -34,6 +34,8 @@ export interface ExportRun {
   inlineLimit?: number;
   /** No progress lines. */
   quiet?: boolean;
+  /** `MatMulNBits`' `accuracy_level` (`formats/onnx.ts`; default 1). */
+  accuracyLevel?: 1 | 4;
   /** Replace a file or a directory that is not ours at `out` (`--overwrite`). */
   overwrite?: boolean;
   /** Where the export registers its temporary directory, removed if the process is interrupted. */
@@ -78,6 +80,7 @@ export async function exportModel(r: ExportRun): Promise<ExportReport> {
     const report = await writeOnnxExport(r.model, tmp, {
       quantizeTable: r.embeddings === 8 ? tableGrid8 : undefined,
       inlineLimit: r.inlineLimit,
+      accuracyLevel: r.accuracyLevel,
       log: (m) => progress.log(m),
     });
     progress.log(

@@ -85,7 +85,8 @@ export const COMMON_USAGE = `common flags:
                        (default: the fixture tinystories_train_sample.txt)
   --nsamples N         calibration windows (128)      --seqlen N   window length (256)
   --seed N             calibration seed (0)
-  --eval A,B           evaluation files or val | wikitext2 | c4 (default: val)
+  --eval A,B           evaluation files or val | wikitext2 | c4 (default: val); none: no
+                       evaluation
   --eval-windows N     evaluate the first N windows only (PROTOCOL.md's tables use 256)
   --tasks A,B          zero-shot accuracy before and after on these task files (JSON lines:
                        {"context", "choices", "gold"}, PIQA, ARC, HellaSwag, WinoGrande, BoolQ)
@@ -128,7 +129,8 @@ export function commonRun(f: Record<string, unknown>, method: string, d: RunDefa
       seed: intFlag(f.seed, "--seed", 0, 0),
     },
     eval: {
-      files: ((f.eval as string | undefined) ?? "val").split(",").filter((s) => s).map(evalFile),
+      files: ((f.eval as string | undefined) ?? "val").split(",")
+        .filter((s) => s && s !== "none").map(evalFile),
       windows: f["eval-windows"] === undefined
         ? undefined
         : intFlag(f["eval-windows"], "--eval-windows"),

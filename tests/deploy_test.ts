@@ -317,6 +317,32 @@ Deno.test("exported models give our perplexity within 0.1 %", async (t) => {
       // The packed layers take 5.125 / 32 of the float file's linear weights.
       assert.ok(report.bytes < 1.4e6, `${report.bytes} bytes`);
     });
+    await t.step("GPTQ W4 g32, accuracy_level 4: int8 activations, a bounded change", async () => {
+      const out = q("g32-acc4");
+      const report = await exportModel({ model: q("g32"), out, accuracyLevel: 4, quiet: true });
+      assert.equal(report.accuracy_level, 4);
+      // deno-lint-ignore no-explicit-any
+      const m = (onnxProto as any).onnx.ModelProto.decode(
+        Deno.readFileSync(`${out}/${report.file}`),
+      );
+      const levels = m.graph.node.filter((n: { opType: string }) => n.opType === "MatMulNBits")
+        .map((n: { attribute: { name: string; i: unknown }[] }) =>
+          Number(n.attribute.find((a) => a.name === "accuracy_level")!.i)
+        );
+      assert.deepEqual(levels, new Array(14).fill(4));
+      const ids = tokenized.get("tiny")!;
+      const exact = await OnnxDecoder.open(q("g32-onnx")), fast = await OnnxDecoder.open(out);
+      try {
+        const p1 = (await onnxPerplexity(exact, ids, { maxWindows: WINDOWS })).ppl;
+        const p4 = (await onnxPerplexity(fast, ids, { maxWindows: WINDOWS })).ppl;
+        // The int8 activations change the result, by little (QLLM-style W4A8 costs ~0.1–1 %).
+        assert.notEqual(p4, p1);
+        assert.ok(Math.abs(p4 - p1) / p1 < 0.02, `${p4} vs ${p1}`);
+      } finally {
+        await exact.release();
+        await fast.release();
+      }
+    });
     await t.step("GPTQ W3 g32 in the 4-bit container", async () => {
       await gptqMain([...calib, "--wbits", "3", "--group-size", "32", "--out", q("w3")]);
       const { report } = await check(q("w3"));

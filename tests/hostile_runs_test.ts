@@ -147,9 +147,10 @@ const FLAGS: Case[] = [
     names: (w) => ["--model", `${w.dir}/m`],
   },
   {
-    name: "export.ts: --out an existing directory",
+    name: "export.ts: --out a directory of the user's",
     setup: async (w) => {
       await Deno.mkdir(`${w.dir}/x.onnx`);
+      await Deno.writeTextFile(`${w.dir}/x.onnx/notes.txt`, "mine\n");
       return { main: exportMain, argv: ["--model", w.model, "--out", `${w.dir}/x.onnx`] };
     },
     code: 2,
