@@ -152,7 +152,10 @@ function methodTable(
 }
 
 /** The comparison page of several runs. */
-export function compareHtml(runs: RunEntry[], title = `Comparing ${runs.length} runs`): string {
+export function compareHtml(
+  runs: RunEntry[],
+  title = `Comparing ${runs.length} run${runs.length === 1 ? "" : "s"}`,
+): string {
   const color = (i: number) => PALETTE[i % PALETTE.length];
   const evals = keysOf(runs, (r) => r.eval), tasks = keysOf(runs, (r) => r.tasks);
   const body: string[] = [

@@ -61,10 +61,14 @@ svg path[data-key]:hover { stroke-width: 3.5; }
 code { font-size: 12px; background: #f0f2f4; padding: 1px 4px; border-radius: 3px; }
 `;
 
+/** The `generator` meta tag of our pages: how a command knows a page at its `--out` is ours. */
+export const PAGE_GENERATOR = `<meta name="generator" content="qllm-deno">`;
+
 /** A whole page around `body`. */
 export function htmlPage(title: string, body: string): string {
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+${PAGE_GENERATOR}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>${esc(title)}</title>

@@ -199,6 +199,18 @@ Deno.test("run reports and the comparison page, in headless Chromium", async (t)
       assertChart(marks, `table-ppl-${val}`, pivot);
     });
 
+    await t.step("compare.ts replaces its own page, refuses a file of the user's", async () => {
+      const ours = `${tmp}/compare.html`, mine = `${tmp}/mine.html`;
+      const again = await runPipeline("compare", [`${tmp}/gptq`, "--out", ours]);
+      assert.equal(again.code, 0, again.stderr);
+      assert.match(await Deno.readTextFile(ours), /Comparing 1 run</);
+      await Deno.writeTextFile(mine, "<p>my notes</p>\n");
+      const refused = await runPipeline("compare", [`${tmp}/gptq`, "--out", mine]);
+      assert.equal(refused.code, 2);
+      assert.match(refused.stderr, new RegExp(`--out ${mine}: exists and is not a page`));
+      assert.equal(await Deno.readTextFile(mine), "<p>my notes</p>\n");
+    });
+
     await t.step("compare.ts names a directory without a report", async () => {
       const cmd = await runPipeline("compare", [tmp]);
       const err = cmd.stderr;
