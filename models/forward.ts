@@ -22,10 +22,18 @@ import { ropeTables } from "./rope.ts";
 
 export { ropeTables };
 
-/** Additive causal mask [T, T]: 0 on and below the diagonal, −1e30 above. */
-export function causalMask(seqlen: number): Tensor {
+/**
+ * Additive causal mask [T, T]: 0 on and below the diagonal, −1e30 above; with a sliding
+ * `window` (Mistral's `sliding_window`), also −1e30 where query i would see key j ≤ i − window
+ * (transformers' `kv_idx > q_idx − sliding_window`).
+ */
+export function causalMask(seqlen: number, window?: number): Tensor {
   const m = new Float32Array(seqlen * seqlen);
-  for (let i = 0; i < seqlen; i++) for (let j = i + 1; j < seqlen; j++) m[i * seqlen + j] = -1e30;
+  for (let i = 0; i < seqlen; i++) {
+    for (let j = 0; j < seqlen; j++) {
+      if (j > i || (window !== undefined && j <= i - window)) m[i * seqlen + j] = -1e30;
+    }
+  }
   return { data: m, shape: [seqlen, seqlen] };
 }
 
@@ -255,7 +263,7 @@ async function forEachBatch(
   const lean = long && !outputs.grams?.length;
   const B = Math.min(W, o.batch ?? (lean ? 1 : defaultBatch(c, T)));
   const { cos, sin } = ropeTables(c, T);
-  const mask = causalMask(T);
+  const mask = causalMask(T, c.slidingWindow);
   // The graph takes every tensor the block carries (reassembly maps, static scales, …).
   const standard = blockTensorShapes({ ...c, extraTensors: undefined });
   const extraTensors: Record<string, number[]> = {};
