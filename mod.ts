@@ -237,6 +237,7 @@ export {
 export {
   blockTensorShapes,
   LINEAR_NAMES,
+  linearHasBias,
   type LinearName,
   type ModelConfig,
   parseHfConfig,
@@ -263,6 +264,7 @@ export {
   type HeadGraphOptions,
   type KvPair,
   type LinearOp,
+  QK_NORM_NAMES,
   rmsNorm,
   rope,
 } from "./models/block_graph.ts";
@@ -273,6 +275,7 @@ export {
   type BlockRunOptions,
   embed,
   embedToFile,
+  HEAD_LOGIT_BYTES,
   logits,
   type NextTokenScores,
   nextTokenScores,
@@ -313,9 +316,17 @@ export {
   maxLevel,
 } from "./algorithms/lwc.ts";
 export {
+  type ModelRotations,
+  modelRotations,
+  rotateBlock,
+  type RotateOptions,
+} from "./algorithms/rotation.ts";
+export { type Rotation, rotation } from "./algorithms/hadamard.ts";
+export {
   ABQ_POINTS,
   applyLet,
   type LetPoint,
+  letPointsFor,
   OMNIQUANT_POINTS,
   smoothScale,
 } from "./algorithms/let.ts";
