@@ -2,8 +2,8 @@
  * The LLaMA decoder block as one ONNX graph: RMSNorm, RoPE (rotate-half layout), grouped-query
  * causal attention (optionally within a sliding window), SwiGLU, the biases a block carries
  * (q/k/v, o_proj, MLP), Qwen3's per-head q/k RMSNorm when the block carries it, and optional
- * per-token fake quantization of the input of every linear layer. Weights are graph inputs, so one compiled session serves
- * every block of a model. Also the head graph (final norm, lm_head, per-token NLL or logits).
+ * per-token fake quantization of the input of every linear layer. Weights are graph inputs, so
+ * one compiled session serves every block of a model. Also the head graph (final norm, lm_head, per-token NLL or logits).
  *
  * The same builder makes the deployed decoder's blocks (`formats/onnx.ts`): sizes read at run
  * time instead of fixed, RoPE from `position_ids`, a past K/V cache concatenated in front of the
@@ -340,8 +340,10 @@ export function decoderMask(g: Graph, attentionMask: Value, bt: Value, window?: 
   const at = (v: Value, i: number) => g.op("Gather", [v, g.int64([i], [])], { axis: 0 });
   const S = at(g.op("Shape", [attentionMask]), 1), T = at(bt, 1);
   const one = g.int64([1], []);
-  const keys = g.op("Unsqueeze", [g.op("Range", [g.int64([0], []), S, one]), g.int64([0])]);
-  const queries = g.op("Unsqueeze", [g.op("Range", [g.sub(S, T), S, one]), g.int64([1])]);
+  const keyRange = g.op("Range", [g.int64([0], []), S, one]);
+  const queryRange = g.op("Range", [g.sub(S, T), S, one]);
+  const keys = g.op("Unsqueeze", [keyRange, g.int64([0])]);
+  const queries = g.op("Unsqueeze", [queryRange, g.int64([1])]);
   let visible = g.op("LessOrEqual", [keys, queries]);
   if (window !== undefined) {
     const inWindow = g.op("Greater", [keys, g.sub(queries, g.int64([window], []))]);
