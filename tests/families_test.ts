@@ -581,8 +581,9 @@ Deno.test("model families end to end: forward, GPTQ, a learned method, export an
           : ["--wbits", "4", "--epochs", "1"];
         const l = await run(f.learned, learnedArgv, `${tmp}/m${k}-${f.learned}`);
         const le = l.eval[VAL];
+        // One epoch of LWC (g32) or of QLLM (per channel): within 10 % (measured within 2 %).
         assert.ok(
-          Number.isFinite(le.quant) && rel(le.quant, le.fp) < 0.2,
+          Number.isFinite(le.quant) && rel(le.quant, le.fp) < 0.1,
           `${f.learned} ${le.fp} → ${le.quant}`,
         );
         for (const b of l.blocks.filter((b) => typeof b.fold_rel_error === "number")) {
