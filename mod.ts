@@ -238,6 +238,7 @@ export {
 export {
   blockTensorShapes,
   LINEAR_NAMES,
+  linearHasBias,
   type LinearName,
   type ModelConfig,
   parseHfConfig,
@@ -264,6 +265,7 @@ export {
   type HeadGraphOptions,
   type KvPair,
   type LinearOp,
+  QK_NORM_NAMES,
   rmsNorm,
   rope,
 } from "./models/block_graph.ts";
@@ -274,6 +276,7 @@ export {
   type BlockRunOptions,
   embed,
   embedToFile,
+  HEAD_LOGIT_BYTES,
   logits,
   type NextTokenScores,
   nextTokenScores,
@@ -314,9 +317,17 @@ export {
   maxLevel,
 } from "./algorithms/lwc.ts";
 export {
+  type ModelRotations,
+  modelRotations,
+  rotateBlock,
+  type RotateOptions,
+} from "./algorithms/rotation.ts";
+export { type Rotation, rotation } from "./algorithms/hadamard.ts";
+export {
   ABQ_POINTS,
   applyLet,
   type LetPoint,
+  letPointsFor,
   OMNIQUANT_POINTS,
   smoothScale,
 } from "./algorithms/let.ts";

@@ -7,6 +7,11 @@
  * Two corrections to the reference code: `v→o` and `q/k` scales are sized by the KV heads and
  * expanded over each query group (grouped-query attention), and the q/k scale is shared by the
  * two members of every rotary pair (i, i + hd/2), so it commutes with RoPE.
+ *
+ * Biases: a scale on a linear's input (the norm → q/k/v and gate/up pairs, v → o's o_proj side,
+ * up → down's down_proj side) leaves that linear's bias alone; a scale on a linear's output rows
+ * (v_proj, up_proj, q_proj, k_proj) scales its bias with them. (No shift δ is learned, so no
+ * bias absorbs W·δ.)
  * @module
  */
 import type { Graph, Value } from "../kernels/graph.ts";
@@ -19,6 +24,14 @@ export type LetPoint = "qkv" | "fc1" | "out" | "fc2" | "qk";
 export const OMNIQUANT_POINTS: readonly LetPoint[] = ["qkv", "fc1", "out", "qk"];
 /** ABQ-LLM's pairs. */
 export const ABQ_POINTS: readonly LetPoint[] = ["qkv", "fc1", "out", "fc2", "qk"];
+
+/**
+ * The pairs of `points` that are exact for a model: the q/k pair is left out when q and k pass
+ * Qwen3's per-head RMSNorm, which would undo a scale on q_proj's or k_proj's rows.
+ */
+export function letPointsFor(c: ModelConfig, points: readonly LetPoint[]): LetPoint[] {
+  return points.filter((p) => !(p === "qk" && c.qkNorm));
+}
 
 /** Length of each scale vector. */
 export function letSize(c: ModelConfig, p: LetPoint): number {
@@ -105,6 +118,7 @@ export function applyLet(
   }
   if (s4) {
     out["mlp.up_proj.weight"] = rowDiv(g, out["mlp.up_proj.weight"], s4, c.intermediate);
+    if (out["mlp.up_proj.bias"]) out["mlp.up_proj.bias"] = g.div(out["mlp.up_proj.bias"], s4);
     out["mlp.down_proj.weight"] = col(g, out["mlp.down_proj.weight"], s4);
   }
   if (s5) {

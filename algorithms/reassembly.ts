@@ -50,8 +50,13 @@ import { Graph, type Value } from "../kernels/graph.ts";
 import { matmul } from "../kernels/matmul.ts";
 import type { Feed, Runtime } from "../kernels/session.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { attention, fakeQuantPerToken, reassemblyNames } from "../models/block_graph.ts";
-import { type LinearName, linearShape, type ModelConfig } from "../models/config.ts";
+import {
+  attention,
+  fakeQuantPerToken,
+  QK_NORM_NAMES,
+  reassemblyNames,
+} from "../models/block_graph.ts";
+import { linearHasBias, type LinearName, linearShape, type ModelConfig } from "../models/config.ts";
 import { causalMask, ropeTables } from "../models/forward.ts";
 import type { BlockWeights } from "../models/source.ts";
 
@@ -68,8 +73,9 @@ export interface PointRule {
   foldInto: string;
   /**
    * F, the computation the threshold search protects, on the readers' outputs (each [T, rows],
-   * q/k/v biases included): the attention output before o_proj, silu(gate)·up, or the plain
-   * linear; `r` holds the RoPE tables and causal mask of one sequence.
+   * their biases included): the attention output before o_proj (with the q/k norm when the
+   * model has one), silu(gate)·up, or the plain linear; `r` holds the RoPE tables and causal
+   * mask of one sequence.
    */
   f(g: Graph, c: ModelConfig, T: number, outs: Value[], r: RopeInputs): Value;
   /** Width of F's output. */
@@ -84,6 +90,8 @@ export interface RopeInputs {
   sin: Value;
   /** Additive causal mask [T, T]. */
   mask: Value;
+  /** Qwen3's q/k norm weights, by block tensor name, when the model has them. */
+  norms?: Record<string, Value>;
 }
 
 /** One rule per point, in block order. */
@@ -91,7 +99,7 @@ export const POINT_RULES: Record<ReassemblyPoint, PointRule> = {
   x_qkv: {
     readers: ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
     foldInto: "input_layernorm.weight",
-    f: (g, c, T, [q, k, v], r) => attention(g, c, { batch: 1, seqlen: T }, q, k, v, r).out,
+    f: (g, c, T, [q, k, v], r) => attention(g, c, { batch: 1, seqlen: T }, q, k, v, r, r.norms).out,
     width: (c) => c.heads * c.headDim,
   },
   x_gateup: {
@@ -323,8 +331,8 @@ export function applyPlan(
 
 /**
  * Folds a point's coefficients into the layer before it: each source channel's coefficient
- * (1/T_c, ½ or 1) multiplies its RMSNorm weight (`x_qkv`, `x_gateup`) or its up_proj row
- * (`x_down`), and the map's coefficients become 1 (0 for unused second taps). Returns the
+ * (1/T_c, ½ or 1) multiplies its RMSNorm weight (`x_qkv`, `x_gateup`) or its up_proj row and
+ * bias (`x_down`), and the map's coefficients become 1 (0 for unused second taps). Returns the
  * replaced tensors; exact up to float rounding.
  */
 export function foldPoint(w: BlockWeights, point: ReassemblyPoint): BlockWeights {
@@ -358,6 +366,13 @@ export function foldPoint(w: BlockWeights, point: ReassemblyPoint): BlockWeights
   };
   const out = mapTensors(point, folded);
   if (data) out[target] = { data, shape: [...t.shape] };
+  // up_proj's output channel c is κ_c·(W_c·x + b_c): its bias scales with its row.
+  const bias = target === "mlp.up_proj.weight" ? w["mlp.up_proj.bias"] : undefined;
+  if (data && bias) {
+    const b = bias.data.slice();
+    for (let c = 0; c < kappa.length; c++) if (!Number.isNaN(kappa[c])) b[c] *= kappa[c];
+    out["mlp.up_proj.bias"] = { data: b, shape: [...bias.shape] };
+  }
   return out;
 }
 
@@ -567,7 +582,8 @@ export function capCandidates<T>(all: T[], cap: number): T[] {
 
 /**
  * The graph of a point's function F on x [T, k] (k symbolic, so any channel count): inputs
- * `x`, the reading weights by name (and q/k/v biases), `cos`/`sin`/`mask` for `x_qkv`. With
+ * `x`, the reading weights by name (and their biases), `cos`/`sin`/`mask` (and the q/k norm
+ * weights) for `x_qkv`. With
  * `abits` < 16, x is fake-quantized per token first. With `ref`, outputs `mse` against the
  * input `ref`; else `y`.
  */
@@ -585,14 +601,18 @@ export function pointGraph(
   const outs = rule.readers.map((l) => {
     const rows = linearShape(c, l)[0];
     const w = g.input(`${l}.weight`, [rows, "k"]);
-    const b = point === "x_qkv" && c.qkvBias ? g.input(`${l}.bias`, [rows]) : null;
+    const b = linearHasBias(c, l) ? g.input(`${l}.bias`, [rows]) : null;
     return g.op("Gemm", b ? [x, w, b] : [x, w], { transB: 1 });
   });
+  const norms = c.qkNorm
+    ? Object.fromEntries(QK_NORM_NAMES.map((n) => [n, g.input(n, [c.headDim])]))
+    : undefined;
   const r = point === "x_qkv"
     ? {
       cos: g.input("cos", [T, 1, c.headDim / 2]),
       sin: g.input("sin", [T, 1, c.headDim / 2]),
       mask: g.input("mask", [T, T]),
+      norms,
     }
     : null;
   const y = rule.f(g, c, T, outs, r!);
@@ -624,9 +644,10 @@ async function pointEvaluator(
   const readers = POINT_RULES[point].readers;
   if (point === "x_qkv") {
     const { cos, sin } = ropeTables(c, T);
-    Object.assign(fixed, { cos, sin, mask: causalMask(T) });
-    if (c.qkvBias) { for (const l of readers) fixed[`${l}.bias`] = w[`${l}.bias`]; }
+    Object.assign(fixed, { cos, sin, mask: causalMask(T, c.slidingWindow) });
+    if (c.qkNorm) { for (const n of QK_NORM_NAMES) fixed[n] = w[n]; }
   }
+  for (const l of readers) if (linearHasBias(c, l)) fixed[`${l}.bias`] = w[`${l}.bias`];
   const weights = readers.map((l) => `${l}.weight`);
   const fpFeeds: Record<string, Feed> = { ...fixed, x: feat };
   for (const n of weights) fpFeeds[n] = w[n];

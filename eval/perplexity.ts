@@ -102,17 +102,7 @@ export async function perplexity(
     : null;
   let nlls: Float64Array;
   try {
-    let x: Tensor | ActivationFile;
-    {
-      const table = await model.embedding();
-      if (file) {
-        const buf = new Float32Array(T * d);
-        for (let w = 0; w < W; w++) {
-          file.write(w, embed(table, windowIds.subarray(w * T, (w + 1) * T), T, buf).data);
-        }
-        x = file;
-      } else x = embed(table, windowIds, T);
-    }
+    let x: Tensor | ActivationFile = await embedWindows(model, windowIds, T, file);
     for (let i = 0; i < c.layers; i++) {
       const log = o.log ?? (o.progress ? (m: string) => o.progress!.log(m) : undefined);
       if (log) {
@@ -145,6 +135,26 @@ export async function perplexity(
     file?.close();
   }
   return resultOf(nlls, T, t0, from);
+}
+
+/**
+ * The windows' embeddings, in `file` when given. A function of its own: a suspended async
+ * function keeps its dead locals, and the table (1 GB at 128K × 2048) would stay resident through
+ * every block pass and beside the head.
+ */
+async function embedWindows(
+  model: ModelSource,
+  ids: Int32Array,
+  T: number,
+  file: ActivationFile | null,
+): Promise<Tensor | ActivationFile> {
+  const table = await model.embedding();
+  if (!file) return embed(table, ids, T);
+  const buf = new Float32Array(T * table.shape[1]);
+  for (let w = 0; w < ids.length / T; w++) {
+    file.write(w, embed(table, ids.subarray(w * T, (w + 1) * T), T, buf).data);
+  }
+  return file;
 }
 
 /**

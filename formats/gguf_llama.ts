@@ -281,10 +281,26 @@ export interface GgufWriteReport {
   inexactMins: number;
 }
 
-/** Refuses models whose function a llama GGUF cannot hold. */
-function checkGgufModel(c: ModelConfig, path: string): void {
-  const why = c.qkvBias
-    ? "q/k/v biases"
+/**
+ * Refuses models whose function the llama GGUF files we write cannot hold: biases (llama.cpp
+ * loads optional `attn_q.bias` … but our reader and writer do not carry them yet), Qwen3's q/k
+ * norm, RoPE scaling (llama.cpp's llama3 scaling needs a `rope_freqs` tensor we do not write),
+ * a head_dim other than hidden / heads, a sliding window, run-time quantizers, extra tensors.
+ */
+export function checkGgufModel(c: ModelConfig, path: string): void {
+  const biases = [
+    c.qkvBias ? "q/k/v" : "",
+    c.oProjBias ? "o_proj" : "",
+    c.mlpBias ? "gate/up/down" : "",
+  ].filter((b) => b);
+  const why = biases.length
+    ? `biases on ${biases.join(", ")}`
+    : c.qkNorm
+    ? "Qwen3's q/k RMSNorm (q_norm, k_norm)"
+    : c.ropeScaling
+    ? `rope_scaling of type ${c.ropeScaling.type}`
+    : c.headDim * c.heads !== c.hidden
+    ? `head_dim ${c.headDim} ≠ hidden_size / num_attention_heads (${c.hidden / c.heads})`
     : c.slidingWindow !== undefined
     ? "a sliding attention window"
     : c.activationBits || c.kvBits

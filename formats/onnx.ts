@@ -258,7 +258,7 @@ async function buildDecoder(
   }
   const bt = g.op("Shape", [ids]);
   const { cos, sin } = ropeAt(g, c, positions);
-  const mask = decoderMask(g, attentionMask, bt);
+  const mask = decoderMask(g, attentionMask, bt, c.slidingWindow);
 
   const { x: embedded, head: headOp } = await tables(g, model, add, ids, bt, parts, o);
   let x = embedded;

@@ -10,6 +10,7 @@
 import {
   applyLet,
   type LetPoint,
+  letPointsFor,
   letSize,
   OMNIQUANT_POINTS,
   smoothScale,
@@ -148,8 +149,9 @@ export function omniquantMethod(o: OmniQuantOptions, name = "omniquant"): Recons
     init(job: BlockJob, stats: ChannelStats): Param[] {
       const c = job.ctx.config;
       const params: Param[] = [];
-      const scales = initLetScales(job, stats, o.letPoints, o.alpha ?? 0.5);
-      for (const p of o.letPoints) {
+      const points = letPointsFor(c, o.letPoints);
+      const scales = initLetScales(job, stats, points, o.alpha ?? 0.5);
+      for (const p of points) {
         params.push({
           name: `let.${p}`,
           data: scales[p],

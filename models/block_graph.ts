@@ -1,8 +1,9 @@
 /**
  * The LLaMA decoder block as one ONNX graph: RMSNorm, RoPE (rotate-half layout), grouped-query
- * causal attention, SwiGLU, optional q/k/v biases, and optional per-token fake quantization of
- * the input of every linear layer. Weights are graph inputs, so one compiled session serves
- * every block of a model. Also the head graph (final norm, lm_head, per-token NLL or logits).
+ * causal attention (optionally within a sliding window), SwiGLU, the biases a block carries
+ * (q/k/v, o_proj, MLP), Qwen3's per-head q/k RMSNorm when the block carries it, and optional
+ * per-token fake quantization of the input of every linear layer. Weights are graph inputs, so
+ * one compiled session serves every block of a model. Also the head graph (final norm, lm_head, per-token NLL or logits).
  *
  * The same builder makes the deployed decoder's blocks (`formats/onnx.ts`): sizes read at run
  * time instead of fixed, RoPE from `position_ids`, a past K/V cache concatenated in front of the
@@ -253,9 +254,14 @@ function reshapeBT(g: Graph, x: Value, bt: Value, tail: number[]): Value {
   return g.op("Reshape", [x, g.concat([bt, g.int64(tail)], 0)]);
 }
 
+/** The block tensors of Qwen3's per-head RMSNorm of q and k (weights [hd]), before RoPE. */
+export const QK_NORM_NAMES = ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] as const;
+
 /**
  * Causal grouped-query attention with RoPE (rotate-half) on q and k, before o_proj: q [B·T, H·hd],
- * k and v [B·T, KV·hd] → [B·T, H·hd], and the attention probabilities [B, KV, G, T, S]. With
+ * k and v [B·T, KV·hd] → [B·T, H·hd], and the attention probabilities [B, KV, G, T, S]. When the
+ * block's tensors `w` carry `q_norm`/`k_norm` weights, each head of q and k passes an RMSNorm
+ * (over head_dim, the config's eps) before RoPE, as Qwen3 does. With
  * `kvBits` < 16, q and k (after RoPE) and v are fake-quantized per token and head; when the
  * block's tensors `w` carry a `qk` online rotation, q and k are rotated per head after RoPE,
  * before that quantizer.
@@ -279,17 +285,20 @@ export function attention(
     (o.kvBits !== undefined && o.kvBits < 16) ? fakeQuantPerToken(g, x, o.kvBits) : x;
   const scaled = (scores: Value) =>
     g.op("Softmax", [g.add(g.div(scores, g.scalar(Math.sqrt(hd))), r.mask)], { axis: -1 });
-  // RoPE, then the online rotation of q and k per head when the block carries one (R3).
+  // RoPE, then the online rotation of q and k per head when the block carries one (R3); the
+  // q/k norm, when present, comes before both (the rotation keeps q·kᵀ, whatever q and k are).
   const rotatesQk = w[onlineRotationNames("qk")[1]] !== undefined;
+  const [qNorm, kNorm] = QK_NORM_NAMES.map((n) => w[n]);
+  const normed = (x: Value, nw: Value | undefined) => nw ? rmsNorm(g, x, nw, c.rmsEps) : x;
   if ("bt" in o) {
     const heads = (x: Value, n: number) => reshapeBT(g, x, o.bt, [n, hd]);
-    const roped = (x: Value, n: number) => {
-      const y = rope(g, heads(x, n), r.cos, r.sin, hd);
+    const roped = (x: Value, n: number, nw: Value | undefined) => {
+      const y = rope(g, normed(heads(x, n), nw), r.cos, r.sin, hd);
       if (!rotatesQk) return y;
       return reshapeBT(g, onlineRotation(g, g.reshape(y, [-1, hd]), w, "qk"), o.bt, [n, hd]);
     };
-    const qr = g.reshape(g.transpose(kvq(roped(q, H)), [0, 2, 1, 3]), [0, KV, G, -1, hd]);
-    const kNew = g.transpose(kvq(roped(k, KV)), [0, 2, 1, 3]);
+    const qr = g.reshape(g.transpose(kvq(roped(q, H, qNorm)), [0, 2, 1, 3]), [0, KV, G, -1, hd]);
+    const kNew = g.transpose(kvq(roped(k, KV, kNorm)), [0, 2, 1, 3]);
     const vNew = g.transpose(kvq(heads(v, KV)), [0, 2, 1, 3]);
     const key = r.past ? g.concat([r.past.key, kNew], 2) : kNew;
     const value = r.past ? g.concat([r.past.value, vNew], 2) : vNew;
@@ -305,13 +314,13 @@ export function attention(
   const { batch: B, seqlen: T } = o;
   const heads = (x: Value, n: number) => g.reshape(x, [B, T, n, hd]);
   const qh = heads(q, H), kh = heads(k, KV), vh = heads(v, KV);
-  const roped = (x: Value, n: number) => {
-    const y = rope(g, x, r.cos, r.sin, hd);
+  const roped = (x: Value, n: number, nw: Value | undefined) => {
+    const y = rope(g, normed(x, nw), r.cos, r.sin, hd);
     if (!rotatesQk) return y;
     return g.reshape(onlineRotation(g, g.reshape(y, [B * T * n, hd]), w, "qk"), [B, T, n, hd]);
   };
-  const qr = g.reshape(g.transpose(kvq(roped(qh, H)), [0, 2, 1, 3]), [B, KV, G, T, hd]);
-  const kr = g.reshape(g.transpose(kvq(roped(kh, KV)), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
+  const qr = g.reshape(g.transpose(kvq(roped(qh, H, qNorm)), [0, 2, 1, 3]), [B, KV, G, T, hd]);
+  const kr = g.reshape(g.transpose(kvq(roped(kh, KV, kNorm)), [0, 2, 3, 1]), [B, KV, 1, hd, T]);
   const vr = g.reshape(g.transpose(kvq(vh), [0, 2, 1, 3]), [B, KV, 1, T, hd]);
   const probs = scaled(g.matmul(qr, kr));
   const out = g.reshape(
@@ -323,24 +332,28 @@ export function attention(
 
 /**
  * The deployed decoder's additive attention mask [B, 1, 1, T, S] from `attention_mask`
- * (int64 [B, S], 1 for a real token, S = past + T): the t-th new token sees key j when
- * j ≤ S − T + t and the mask is 1 at j; −1e30 elsewhere, as the calibration graphs' causal mask.
+ * (int64 [B, S], 1 for a real token, S = past + T): the t-th new token (index q = S − T + t)
+ * sees key j when j ≤ q, the mask is 1 at j and, with a sliding `window`, j > q − window;
+ * −1e30 elsewhere, as the calibration graphs' causal mask.
  */
-export function decoderMask(g: Graph, attentionMask: Value, bt: Value): Value {
+export function decoderMask(g: Graph, attentionMask: Value, bt: Value, window?: number): Value {
   const at = (v: Value, i: number) => g.op("Gather", [v, g.int64([i], [])], { axis: 0 });
   const S = at(g.op("Shape", [attentionMask]), 1), T = at(bt, 1);
   const one = g.int64([1], []);
-  const keys = g.op("Range", [g.int64([0], []), S, one]);
-  const queries = g.op("Range", [g.sub(S, T), S, one]);
-  const causal = g.op("LessOrEqual", [
-    g.op("Unsqueeze", [keys, g.int64([0])]),
-    g.op("Unsqueeze", [queries, g.int64([1])]),
-  ]);
+  const keyRange = g.op("Range", [g.int64([0], []), S, one]);
+  const queryRange = g.op("Range", [g.sub(S, T), S, one]);
+  const keys = g.op("Unsqueeze", [keyRange, g.int64([0])]);
+  const queries = g.op("Unsqueeze", [queryRange, g.int64([1])]);
+  let visible = g.op("LessOrEqual", [keys, queries]);
+  if (window !== undefined) {
+    const inWindow = g.op("Greater", [keys, g.sub(queries, g.int64([window], []))]);
+    visible = g.op("And", [visible, inWindow]);
+  }
   const real = g.op("Unsqueeze", [
     g.op("Cast", [attentionMask], { to: DType.bool }),
     g.int64([1, 2, 3]),
   ]);
-  return g.op("Where", [g.op("And", [causal, real]), g.scalar(0), g.scalar(-1e30)]);
+  return g.op("Where", [g.op("And", [visible, real]), g.scalar(0), g.scalar(-1e30)]);
 }
 
 /**

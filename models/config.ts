@@ -68,8 +68,16 @@ export interface ModelConfig {
    * activation scales), with their shapes (`quantization_config.extra_block_tensors`).
    */
   extraTensors?: Record<string, number[]>;
-  /** Sliding attention window (Mistral; Qwen2 with `use_sliding_window`); longer sequences are refused. */
+  /**
+   * Sliding attention window (Mistral; Qwen2/Qwen3 with `use_sliding_window`): a query at
+   * position p sees the keys at positions p − window + 1 … p.
+   */
   slidingWindow?: number;
+  /**
+   * First layer with the sliding window when earlier layers attend to everything (Qwen's
+   * `max_window_layers` between 0 and the layer count); refused by {@linkcode refuseUnrunnable}.
+   */
+  slidingFromLayer?: number;
   /** Beginning-of-sequence token id (`bos_token_id`, default 1). */
   bos: number;
   /** End-of-sequence token id (`eos_token_id`, default 2). */
@@ -84,12 +92,6 @@ export function checkSeqlen(c: ModelConfig, seqlen: number, flag = "--seqlen"): 
   if (seqlen > c.maxSeq) {
     throw new Error(
       `${flag} ${seqlen}: longer than the model's max_position_embeddings ${c.maxSeq}`,
-    );
-  }
-  if (c.slidingWindow !== undefined && seqlen > c.slidingWindow) {
-    throw new Error(
-      `${flag} ${seqlen}: longer than the model's sliding_window ${c.slidingWindow}, ` +
-        "which this toolkit does not implement",
     );
   }
 }
@@ -200,14 +202,18 @@ export function readHfConfig(json: Record<string, unknown>, file: string): Model
   const qwen = modelType === "qwen2" || modelType === "qwen3";
   // Qwen2's q/k/v always carry biases; LLaMA's `attention_bias` adds them to q/k/v and o_proj.
   const attentionBias = modelType === "qwen2" || f.flag("attention_bias", false);
-  // Qwen2 and Mistral-style sliding windows: Qwen2 uses one only with `use_sliding_window`, on
-  // the layers from `max_window_layers` on.
-  let sliding: number | undefined;
-  if (json.sliding_window !== undefined && json.sliding_window !== null) {
+  // Qwen2/Qwen3 and Mistral sliding windows (transformers' LLaMA has none, whatever the config
+  // says): Qwen uses one only with `use_sliding_window`, on the layers from `max_window_layers`.
+  let sliding: number | undefined, slidingFrom = 0;
+  const windowed = qwen || modelType === "mistral";
+  if (windowed && json.sliding_window !== undefined && json.sliding_window !== null) {
     const window = f.count("sliding_window");
     const used = qwen ? f.flag("use_sliding_window", false) : true;
     const from = qwen ? f.num("max_window_layers", 0) : 0;
-    if (used && from < layers) sliding = window;
+    if (used && from < layers) {
+      sliding = window;
+      slidingFrom = Math.max(0, from);
+    }
   }
   const scaling = ropeScaling(json, file);
   return {
@@ -225,10 +231,12 @@ export function readHfConfig(json: Record<string, unknown>, file: string): Model
     ...(scaling ? { ropeScaling: scaling } : {}),
     tiedEmbeddings: f.flag("tie_word_embeddings", false),
     qkvBias: attentionBias,
-    oProjBias: attentionBias && !qwen,
+    // Qwen2's o_proj never has a bias; Qwen3's follows attention_bias, as LLaMA's.
+    oProjBias: attentionBias && modelType !== "qwen2",
     mlpBias: f.flag("mlp_bias", false),
     qkNorm: modelType === "qwen3",
     slidingWindow: sliding,
+    ...(slidingFrom > 0 ? { slidingFromLayer: slidingFrom } : {}),
     activationBits: activationBits(json, file),
     kvBits: kvBits(json, file),
     extraTensors: extraTensors(json, file),
@@ -238,16 +246,19 @@ export function readHfConfig(json: Record<string, unknown>, file: string): Model
 }
 
 /**
- * Refuses, by name, what a config asks that the block graph does not run yet: RoPE scaling,
- * an o_proj bias, MLP biases, Qwen3's q/k norm. (Sequences past a sliding window are refused
- * by {@linkcode checkSeqlen}.)
+ * Refuses, by name, what a config asks that the block graph does not run: a sliding window on
+ * only some of the layers (Qwen's `max_window_layers` between 0 and the layer count), since one
+ * block graph serves every layer. (RoPE scaling, every bias, Qwen3's q/k norm and a sliding
+ * window on all layers run.)
  */
 export function refuseUnrunnable(c: ModelConfig, file: string): void {
-  const no = (what: string) => new Error(`${file}: ${what} is not supported yet`);
-  if (c.ropeScaling) throw no(`rope_scaling of type ${c.ropeScaling.type}`);
-  if (c.oProjBias) throw no("attention_bias true (a bias on o_proj)");
-  if (c.mlpBias) throw no("mlp_bias true");
-  if (c.qkNorm) throw no("Qwen3's q/k RMSNorm (q_norm, k_norm)");
+  const no = (what: string) => new Error(`${file}: ${what} is not supported`);
+  if (c.slidingFromLayer !== undefined) {
+    throw no(
+      `a sliding window on layers ${c.slidingFromLayer}–${c.layers - 1} only ` +
+        `(max_window_layers ${c.slidingFromLayer} of ${c.layers} layers; 0 or ${c.layers} run)`,
+    );
+  }
 }
 
 /** Parses a Hugging Face `config.json` the toolkit can run; `file` names the file in errors. */
@@ -367,6 +378,13 @@ export function linearShape(c: ModelConfig, name: LinearName): [number, number] 
     case "mlp.down_proj":
       return [c.hidden, c.intermediate];
   }
+}
+
+/** Whether a block's linear layer `name` carries a bias under config `c`. */
+export function linearHasBias(c: ModelConfig, name: LinearName): boolean {
+  if (name === "self_attn.o_proj") return !!c.oProjBias;
+  if (name.startsWith("mlp.")) return !!c.mlpBias;
+  return c.qkvBias;
 }
 
 /** The tensor names of one block, with their expected shapes. */

@@ -22,10 +22,18 @@ import { ropeTables } from "./rope.ts";
 
 export { ropeTables };
 
-/** Additive causal mask [T, T]: 0 on and below the diagonal, −1e30 above. */
-export function causalMask(seqlen: number): Tensor {
+/**
+ * Additive causal mask [T, T]: 0 on and below the diagonal, −1e30 above; with a sliding
+ * `window` (Mistral's `sliding_window`), also −1e30 where query i would see key j ≤ i − window
+ * (transformers' `kv_idx > q_idx − sliding_window`).
+ */
+export function causalMask(seqlen: number, window?: number): Tensor {
   const m = new Float32Array(seqlen * seqlen);
-  for (let i = 0; i < seqlen; i++) for (let j = i + 1; j < seqlen; j++) m[i * seqlen + j] = -1e30;
+  for (let i = 0; i < seqlen; i++) {
+    for (let j = 0; j < seqlen; j++) {
+      if (j > i || (window !== undefined && j <= i - window)) m[i * seqlen + j] = -1e30;
+    }
+  }
   return { data: m, shape: [seqlen, seqlen] };
 }
 
@@ -255,7 +263,7 @@ async function forEachBatch(
   const lean = long && !outputs.grams?.length;
   const B = Math.min(W, o.batch ?? (lean ? 1 : defaultBatch(c, T)));
   const { cos, sin } = ropeTables(c, T);
-  const mask = causalMask(T);
+  const mask = causalMask(T, c.slidingWindow);
   // The graph takes every tensor the block carries (reassembly maps, static scales, …).
   const standard = blockTensorShapes({ ...c, extraTensors: undefined });
   const extraTensors: Record<string, number[]> = {};
@@ -322,12 +330,22 @@ export async function nextTokenScores(
   head: Tensor,
   x: Tensor,
   ids: ArrayLike<number>,
-  o: { batch?: number; greedy?: boolean } = {},
+  o: {
+    batch?: number;
+    greedy?: boolean;
+    /** A window's logits above this many bytes are scored in runs ({@linkcode HEAD_LOGIT_BYTES}). */
+    logitBytes?: number;
+  } = {},
 ): Promise<NextTokenScores> {
   const [W, T, d] = x.shape;
-  const batch = o.batch ?? Math.max(1, Math.min(64, Math.floor(16e6 / (4 * T * c.vocab))));
   const nll = new Float32Array(W * (T - 1));
   const greedy = o.greedy ? new Float32Array(W * (T - 1)) : undefined;
+  const rowsFit = Math.floor((o.logitBytes ?? HEAD_LOGIT_BYTES) / (4 * c.vocab));
+  if (o.batch === undefined && rowsFit < T) {
+    await chunkedScores(rt, c, norm, head, x, ids, Math.max(2, rowsFit), nll, greedy);
+    return { nll, greedy };
+  }
+  const batch = o.batch ?? Math.max(1, Math.min(64, Math.floor(16e6 / (4 * T * c.vocab))));
   for (let w0 = 0; w0 < W; w0 += batch) {
     const b = Math.min(batch, W - w0);
     const targets = new BigInt64Array(b * (T - 1));
@@ -345,6 +363,55 @@ export async function nextTokenScores(
     greedy?.set(r.greedy.data, w0 * (T - 1));
   }
   return { nll, greedy };
+}
+
+/**
+ * The most bytes of logits one head-graph run makes for a single window: a window whose logits
+ * exceed it (a 128K vocabulary: 256 positions are 131 MB, 2048 are 1 GB) is scored in runs of
+ * consecutive positions (124 at 128,256). Smaller windows are batched up to ~16 MB as before.
+ * Each run repacks the head matrix, so runs much shorter than this cost time: at hidden 2048 and
+ * vocabulary 128,256 a run of 31 positions took 250 ms, of 125 positions 570 ms, of 256 1 s.
+ */
+export const HEAD_LOGIT_BYTES = 64e6;
+
+/**
+ * Scores each window of x [W, T, d] in runs of `rows` − 1 positions, so that no run holds more
+ * than `rows` × vocab logits: each run is the head graph of a window of `rows` tokens, which
+ * scores its first `rows` − 1 positions (a short last run is padded with zeros).
+ */
+async function chunkedScores(
+  rt: Runtime,
+  c: ModelConfig,
+  norm: Tensor,
+  head: Tensor,
+  x: Tensor,
+  ids: ArrayLike<number>,
+  rows: number,
+  nll: Float32Array,
+  greedy: Float32Array | undefined,
+): Promise<void> {
+  const [W, T, d] = x.shape;
+  const step = rows - 1;
+  const graph = buildHeadGraph(c, { batch: 1, seqlen: rows, output: "nll", greedy: !!greedy });
+  const xb = new Float32Array(rows * d);
+  const targets = new BigInt64Array(step);
+  for (let w = 0; w < W; w++) {
+    for (let t0 = 0; t0 < T - 1; t0 += step) {
+      const n = Math.min(step, T - 1 - t0);
+      const base = w * T + t0;
+      xb.fill(0).set(x.data.subarray(base * d, (base + n) * d));
+      targets.fill(0n);
+      for (let t = 0; t < n; t++) targets[t] = BigInt(ids[base + t + 1]);
+      const r = await rt.run(graph, {
+        x: { data: xb, shape: [1, rows, d] },
+        norm,
+        head,
+        targets: { int64: targets, shape: [1, step] },
+      });
+      nll.set(r.nll.data.subarray(0, n), w * (T - 1) + t0);
+      greedy?.set(r.greedy.data.subarray(0, n), w * (T - 1) + t0);
+    }
+  }
 }
 
 /**

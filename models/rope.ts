@@ -8,12 +8,41 @@ import { DType, type Graph, type Value } from "../kernels/graph.ts";
 import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "./config.ts";
 
-/** The inverse frequencies [hd/2] in float32 as the reference computes them: 1 / θ^(2i/hd). */
+/**
+ * The inverse frequencies [hd/2] in float32, step by step as transformers computes them in
+ * float32 (`modeling_rope_utils.py`): 1 / θ^(2i/hd), then the config's `rope_scaling` —
+ * `linear` divides them by its factor (≡ positions / factor); `llama3` keeps those whose
+ * wavelength 2π/f is below original/high_freq_factor, divides those above
+ * original/low_freq_factor by the factor and blends in between with
+ * s = (original/wavelength − low)/(high − low): f·(1 − s)/factor + f·s. torch evaluates
+ * `scalar / tensor` as reciprocal(tensor)·scalar, so the wavelength and s are too.
+ */
 export function ropeInvFreq(c: ModelConfig): Float32Array {
+  const f = Math.fround;
   const h = c.headDim / 2;
   const inv = new Float32Array(h);
+  for (let i = 0; i < h; i++) inv[i] = f(1 / f(c.ropeTheta ** f((2 * i) / c.headDim)));
+  const s = c.ropeScaling;
+  if (!s) return inv;
+  const factor = f(s.factor);
+  if (s.type === "linear") {
+    for (let i = 0; i < h; i++) inv[i] = f(inv[i] / factor);
+    return inv;
+  }
+  const old = f(s.originalMaxPositions), low = f(s.lowFreqFactor);
+  const lowWavelen = f(s.originalMaxPositions / s.lowFreqFactor);
+  const highWavelen = f(s.originalMaxPositions / s.highFreqFactor);
+  const twoPi = f(2 * Math.PI), span = f(s.highFreqFactor - s.lowFreqFactor);
   for (let i = 0; i < h; i++) {
-    inv[i] = Math.fround(1 / Math.fround(c.ropeTheta ** Math.fround((2 * i) / c.headDim)));
+    const v = inv[i];
+    const wavelen = f(f(1 / v) * twoPi);
+    if (wavelen < highWavelen) continue;
+    if (wavelen > lowWavelen) {
+      inv[i] = f(v / factor);
+      continue;
+    }
+    const smooth = f(f(f(f(1 / wavelen) * old) - low) / span);
+    inv[i] = f(f(f(f(1 - smooth) * v) / factor) + f(smooth * v));
   }
   return inv;
 }

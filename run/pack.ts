@@ -10,7 +10,7 @@
  */
 import { perplexity } from "../eval/perplexity.ts";
 import { writeCompressedTensors } from "../formats/compressed_tensors.ts";
-import { readSpmVocab, writeGguf } from "../formats/gguf_llama.ts";
+import { checkGgufModel, readSpmVocab, writeGguf } from "../formats/gguf_llama.ts";
 import { writeGptq } from "../formats/gptq.ts";
 import { openModel, openTokenizer } from "../formats/open.ts";
 import {
@@ -106,10 +106,12 @@ export function packRequestOf(q: QuantizedModel, c: ModelConfig): PackRequest {
 }
 
 /**
- * Refuses, before any work, a model whose layer shapes a format cannot pack: GPTQ packs whole
- * int32 words along both dimensions of every linear.
+ * Refuses, before any work, a model a format cannot hold: GPTQ packs whole int32 words along
+ * both dimensions of every linear; a llama GGUF file holds no biases, q/k norm, RoPE scaling,
+ * explicit head_dim or sliding window (`checkGgufModel`).
  */
 export function checkPackShapes(format: PackedFormat, c: ModelConfig, maxq: number): void {
+  if (format === "gguf") checkGgufModel(c, "--format gguf");
   if (format !== "gptq") return;
   const bits = Math.ceil(Math.log2(maxq + 1));
   for (const l of LINEAR_NAMES) {

@@ -26,10 +26,11 @@ import type { PackedFormat } from "../formats/packed.ts";
 import { ModelWriter } from "../formats/writer.ts";
 import { releaseMemory } from "../kernels/garbage.ts";
 import { RssMeter } from "../kernels/rss.ts";
+import type { Tensor } from "../kernels/tensor.ts";
 import { type Device, Runtime } from "../kernels/session.ts";
 import type { MethodRun } from "../methods/method.ts";
 import { ActivationFile } from "../models/activation_file.ts";
-import { checkSeqlen } from "../models/config.ts";
+import { checkSeqlen, type ModelConfig } from "../models/config.ts";
 import { embed, embedToFile } from "../models/forward.ts";
 import type { ModelSource } from "../models/source.ts";
 import { type CheckpointProgress, LayerwiseCheckpoints } from "../stages/checkpoint.ts";
@@ -130,6 +131,27 @@ export class RunCache {
   }
 }
 
+/**
+ * The final norm and head the output stores: the source's, or the rotated head (W∘γ)·Q with a
+ * norm of ones; no head for a tied output (reading it would cost a vocabulary × hidden table).
+ * A function of its own: a suspended async function keeps its dead locals, and the run's would
+ * keep the head (1 GB at 128K × 2048) resident through the evaluation.
+ */
+async function outputTail(
+  model: ModelSource,
+  out: ModelConfig,
+  rotations: ModelRotations | undefined,
+): Promise<{ finalNorm: Tensor; head: Tensor | null }> {
+  const finalNorm = await model.finalNorm();
+  if (rotations) {
+    return {
+      finalNorm: { data: new Float32Array(out.hidden).fill(1), shape: [out.hidden] },
+      head: rotateHead(await model.head(), finalNorm, rotations.residual),
+    };
+  }
+  return { finalNorm, head: out.tiedEmbeddings ? null : await model.head() };
+}
+
 /** Runs a quantization pipeline and returns its report. */
 export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
   const t0 = performance.now();
@@ -152,8 +174,11 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     }
   };
   // Evaluations run on a runtime of their own, released with its arenas afterwards, so that
-  // nothing of them stays resident through the stream.
+  // nothing of them stays resident through the stream; they start from a collected heap, so that
+  // what the stream left for the collector (a 128K-vocabulary head is 1 GB) is not held beside
+  // the evaluation's own tables.
   const evaluate = async (m: ModelSource, ids: Int32Array, o: PerplexityOptions) => {
+    releaseMemory();
     const evalRt = new Runtime(r.device ?? "cpu");
     try {
       return await perplexity(evalRt, m, ids, o);
@@ -288,11 +313,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       } finally {
         if (input instanceof ActivationFile) input.close();
       }
-      let [finalNorm, head] = [await model.finalNorm(), await model.head()];
-      if (rotations) {
-        head = rotateHead(head, finalNorm, rotations.residual);
-        finalNorm = { data: new Float32Array(c.hidden).fill(1), shape: [c.hidden] };
-      }
+      const { finalNorm, head } = await outputTail(model, outConfig, rotations);
       await w.complete(finalNorm, head, r.model, {
         quantization_config: {
           quant_method: `qllm-deno/${r.method}`,

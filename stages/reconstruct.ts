@@ -307,7 +307,7 @@ async function trainGroup(
     : `blocks ${first.index + 1}–${last.index + 1}/${c.layers}`;
   const graphs = buildGraphs(m, group, batch, seqlen);
   const { cos, sin } = ropeTables(c, seqlen);
-  const fixed: Record<string, Feed> = { cos, sin, mask: causalMask(seqlen) };
+  const fixed: Record<string, Feed> = { cos, sin, mask: causalMask(seqlen, c.slidingWindow) };
   group.forEach(({ job }, k) => {
     for (const [nm, t] of Object.entries(job.weights)) fixed[names.weight(k, nm)] = t;
   });

@@ -729,11 +729,11 @@ function blockValues(c: ModelConfig, shapes: Record<string, number[]>, seqlen: n
   const values: Record<string, Float64Array> = {
     cos: Float64Array.from(cos.data),
     sin: Float64Array.from(sin.data),
-    mask: Float64Array.from(causalMask(seqlen).data),
+    mask: Float64Array.from(causalMask(seqlen, c.slidingWindow).data),
   };
   for (const [k, shape] of Object.entries(shapes)) {
     if (values[k]) continue;
-    const gen: Gen = k.endsWith("layernorm.weight")
+    const gen: Gen = k.endsWith("norm.weight")
       ? (r) => 1 + 0.2 * r.normal()
       : k === "x" || k === "target"
       ? normal
@@ -760,6 +760,30 @@ Deno.test("LLaMA block: MSE gradient wrt every weight and the input matches FD (
       assert.ok(e < 1e-3, `${k}: ORT gradient vs FD rel err ${e}`);
     }
     console.log("block MSE gradients, rel err vs FD: " + report.join(", "));
+  });
+});
+
+Deno.test("family block (q/k norm, every bias, window 3): MSE gradients match FD (float64)", async () => {
+  const c: ModelConfig = {
+    ...TINY,
+    modelType: "qwen3",
+    qkNorm: true,
+    oProjBias: true,
+    mlpBias: true,
+    slidingWindow: 3,
+  };
+  await withRuntime(async (rt) => {
+    const B = 2, T = 5;
+    const { graph, grads, shapes } = mseBlockGraph(c, B, T);
+    assert.ok(grads["self_attn.q_norm.weight"] && grads["mlp.up_proj.bias"]);
+    const values = blockValues(c, shapes, T, new Rng(43));
+    const out = await rt.run(graph.toBytes(), toFeeds(values, shapes));
+    for (const k of Object.keys(grads)) {
+      const fd = finiteDiff(graph, "loss", values, k);
+      const e = relErr(out[`d:${k}`].data, fd);
+      assert.ok(norm(fd) > 0, `${k}: the loss does not depend on it`);
+      assert.ok(e < 1e-3, `${k}: ORT gradient vs FD rel err ${e}`);
+    }
   });
 });
 

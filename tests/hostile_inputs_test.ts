@@ -233,21 +233,27 @@ const CONFIGS: Case[] = [
   config("rms_norm_eps negative", { rms_norm_eps: -1e-6 }, ['"rms_norm_eps"']),
   config("rope_theta 0", { rope_theta: 0 }, ['"rope_theta"']),
   config("hidden_act gelu", { hidden_act: "gelu" }, ['hidden_act "gelu"']),
-  config("rope_scaling llama3 (not run yet)", {
-    rope_scaling: {
-      rope_type: "llama3",
-      factor: 8,
-      low_freq_factor: 1,
-      high_freq_factor: 4,
-      original_max_position_embeddings: 8192,
-    },
-  }, ["rope_scaling of type llama3"]),
+  config("a sliding window on some layers only (Qwen's max_window_layers)", {
+    model_type: "qwen2",
+    use_sliding_window: true,
+    sliding_window: 16,
+    max_window_layers: 1,
+  }, ["max_window_layers 1 of 2"]),
   config("rope_scaling yarn", { rope_scaling: { rope_type: "yarn", factor: 4 } }, [
     'rope_scaling type "yarn"',
   ]),
-  config("mlp_bias true", { mlp_bias: true }, ["mlp_bias"]),
-  config("attention_bias true (o_proj bias)", { attention_bias: true }, ["o_proj"]),
-  config("model_type qwen3 (q/k norm)", { model_type: "qwen3" }, ["q_norm"]),
+  config("mlp_bias true without the biases", { mlp_bias: true }, [
+    "mlp.gate_proj.bias",
+    "missing",
+  ]),
+  config("attention_bias true without the biases", { attention_bias: true }, [
+    "self_attn.q_proj.bias",
+    "missing",
+  ]),
+  config("model_type qwen3 without q/k norms", { model_type: "qwen3" }, [
+    "self_attn.q_norm.weight",
+    "missing",
+  ]),
   config("vocab_size smaller than the embedding", { vocab_size: 1000 }, [
     "[1000, 128]",
     "model.embed_tokens.weight",
@@ -265,14 +271,6 @@ const CONFIGS: Case[] = [
     await Deno.remove(cfg(w));
     await Deno.mkdir(cfg(w));
   }, (w) => [cfg(w)]),
-  {
-    name: "sliding window shorter than --seqlen",
-    setup: run((w) =>
-      editJson(cfg(w), (j) => Object.assign(j, { model_type: "mistral", sliding_window: 32 }))
-    ),
-    code: 2,
-    names: () => ["--seqlen 64", "sliding_window 32"],
-  },
   {
     name: "max_position_embeddings shorter than --seqlen",
     setup: run((w) => editJson(cfg(w), (j) => Object.assign(j, { max_position_embeddings: 16 }))),

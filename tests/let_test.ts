@@ -24,6 +24,9 @@ interface Shape {
   kvHeads: number;
   headDim: number;
   qkvBias: boolean;
+  /** LLaMA's attention_bias (o_proj too) and mlp_bias. */
+  oProjBias?: boolean;
+  mlpBias?: boolean;
 }
 
 const SHAPES: Record<string, Shape> = {
@@ -51,6 +54,17 @@ const SHAPES: Record<string, Shape> = {
     kvHeads: 2,
     headDim: 16,
     qkvBias: false,
+  },
+  // Every linear biased: up_proj's bias divides with its rows under the up→down pair.
+  "GQA 4/2 hd16 attention_bias + mlp_bias": {
+    hidden: 48,
+    intermediate: 64,
+    heads: 4,
+    kvHeads: 2,
+    headDim: 16,
+    qkvBias: true,
+    oProjBias: true,
+    mlpBias: true,
   },
 };
 

@@ -1,12 +1,25 @@
 /**
  * An independent float64 LLaMA decoder block written from PROTOCOL.md §1 and §5 (RMSNorm, RoPE
  * in either layout, grouped-query causal attention, SwiGLU, per-token activation fake
- * quantization); nothing here calls the graph code. Shared by the tests that check our graphs.
+ * quantization) and from transformers' modeling code for the families (`rope_scaling` linear
+ * and llama3 as `modeling_rope_utils.py` defines them, biases on any linear, Qwen3's per-head
+ * q/k RMSNorm before RoPE, Mistral's sliding window `kv_idx > q_idx − sliding_window`); nothing
+ * here calls the graph code. Shared by the tests that check our graphs.
  */
 import type { Tensor } from "../kernels/tensor.ts";
 import { CAPTURE_POINTS, type CapturePoint } from "../models/block_graph.ts";
 import type { ModelConfig } from "../models/config.ts";
 import type { BlockWeights, ModelSource } from "../models/source.ts";
+
+/** ‖a − b‖ / ‖b‖, how the tests compare a graph's output with the reference's. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+}
 
 /** torch.round: round half to even. */
 export function roundHalfEven(v: number): number {
@@ -134,6 +147,47 @@ export function rmsNormRows(x: Float64Array, cols: number, w: Tensor, eps: numbe
   return y;
 }
 
+/**
+ * The inverse frequencies in float64, rounded to float32 once at the end (the model's buffer):
+ * 1/θ^(2i/hd), then `rope_scaling` as transformers defines it — linear: f/factor; llama3: with
+ * wavelength λ = 2π/f, λ < original/high_freq_factor keeps f, λ > original/low_freq_factor gives
+ * f/factor, in between s = (original/λ − low)/(high − low) gives (1 − s)·f/factor + s·f.
+ */
+export function referenceInvFreq(c: ModelConfig): Float64Array {
+  const hd = c.headDim, half = hd / 2, r = c.ropeScaling;
+  const out = new Float64Array(half);
+  for (let i = 0; i < half; i++) {
+    let f = 1 / Math.pow(c.ropeTheta, (2 * i) / hd);
+    if (r?.type === "linear") f /= r.factor;
+    if (r?.type === "llama3") {
+      const wavelen = (2 * Math.PI) / f;
+      const lowWavelen = r.originalMaxPositions / r.lowFreqFactor;
+      const highWavelen = r.originalMaxPositions / r.highFreqFactor;
+      if (wavelen > lowWavelen) f /= r.factor;
+      else if (wavelen >= highWavelen) {
+        const s = (r.originalMaxPositions / wavelen - r.lowFreqFactor) /
+          (r.highFreqFactor - r.lowFreqFactor);
+        f = (1 - s) * f / r.factor + s * f;
+      }
+    }
+    out[i] = Math.fround(f);
+  }
+  return out;
+}
+
+/**
+ * RMSNorm in place over each head of [T, heads·hd] with one weight [hd] for every head (Qwen3's
+ * q_norm / k_norm).
+ */
+export function headNorm(x: Float64Array, hd: number, w: Tensor, eps: number) {
+  for (let r = 0; r < x.length / hd; r++) {
+    let ss = 0;
+    for (let j = 0; j < hd; j++) ss += x[r * hd + j] ** 2;
+    const inv = 1 / Math.sqrt(ss / hd + eps);
+    for (let j = 0; j < hd; j++) x[r * hd + j] = x[r * hd + j] * inv * w.data[j];
+  }
+}
+
 /** RoPE in place on [T, heads·hd] (rows are positions 0..T−1), angles in float32 (§1). */
 export function applyRope(
   x: Float64Array,
@@ -143,9 +197,10 @@ export function applyRope(
   layout: RopeLayout,
 ) {
   const hd = c.headDim, half = hd / 2;
+  const invFreq = referenceInvFreq(c);
   for (let t = 0; t < T; t++) {
     for (let i = 0; i < half; i++) {
-      const inv = Math.fround(1 / Math.pow(c.ropeTheta, (2 * i) / hd));
+      const inv = invFreq[i];
       const angle = Math.fround(t * inv);
       const cos = Math.cos(angle), sin = Math.sin(angle);
       for (let h = 0; h < heads; h++) {
@@ -161,7 +216,10 @@ export function applyRope(
   }
 }
 
-/** Causal grouped-query attention of one window: q [T, H·hd], k/v [T, KV·hd] → [T, H·hd]. */
+/**
+ * Causal grouped-query attention of one window: q [T, H·hd], k/v [T, KV·hd] → [T, H·hd]; with a
+ * sliding window W, position t sees keys j with t − W < j ≤ t.
+ */
 export function attention(
   q: Float64Array,
   k: Float64Array,
@@ -175,18 +233,19 @@ export function attention(
   for (let h = 0; h < H; h++) {
     const g = Math.floor(h / (H / KV));
     for (let t = 0; t < T; t++) {
+      const first = c.slidingWindow === undefined ? 0 : Math.max(0, t - c.slidingWindow + 1);
       let max = -Infinity;
-      for (let j = 0; j <= t; j++) {
+      for (let j = first; j <= t; j++) {
         let s = 0;
         for (let i = 0; i < hd; i++) s += q[t * H * hd + h * hd + i] * k[j * KV * hd + g * hd + i];
         p[j] = s / Math.sqrt(hd);
         max = Math.max(max, p[j]);
       }
       let z = 0;
-      for (let j = 0; j <= t; j++) z += p[j] = Math.exp(p[j] - max);
+      for (let j = first; j <= t; j++) z += p[j] = Math.exp(p[j] - max);
       for (let i = 0; i < hd; i++) {
         let s = 0;
-        for (let j = 0; j <= t; j++) s += p[j] * v[j * KV * hd + g * hd + i];
+        for (let j = first; j <= t; j++) s += p[j] * v[j * KV * hd + g * hd + i];
         out[t * H * hd + h * hd + i] = s / z;
       }
     }
@@ -228,6 +287,10 @@ export function referenceBlock(
     const q = lin(hA, "self_attn.q_proj");
     const k = lin(hA, "self_attn.k_proj");
     const v = lin(hA, "self_attn.v_proj");
+    if (c.qkNorm) {
+      headNorm(q, c.headDim, w["self_attn.q_norm.weight"], c.rmsEps);
+      headNorm(k, c.headDim, w["self_attn.k_norm.weight"], c.rmsEps);
+    }
     applyRope(q, T, c.heads, c, o.rope);
     applyRope(k, T, c.kvHeads, c, o.rope);
     const attn = quant("x_o", attention(q, k, v, T, c), win);
