@@ -271,10 +271,14 @@ export async function benchScale(ctx: BenchContext): Promise<BenchRecord> {
     const points: ScalePoint[] = [];
     for (const m of SCALE_MODELS) {
       const kept = earlier.get(m.name);
-      if (only && !only.some((o) => m.name.startsWith(o)) && kept) {
+      if (!only || only.some((o) => m.name.startsWith(o))) {
+        points.push(await runOne(ctx, m.name, m.spec, tmp));
+      } else if (kept) {
         ctx.log(`scale: ${m.name}: kept from the results file (QLLM_SCALE_MODELS)`);
         points.push(kept);
-      } else points.push(await runOne(ctx, m.name, m.spec, tmp));
+      } else {
+        points.push({ model: m.name, skipped: "not measured yet (QLLM_SCALE_MODELS left it out)" });
+      }
     }
     await writeReadmeSection("scale", markdown(points, peak));
     const summary: SummaryRow[] = points.map((p) =>
