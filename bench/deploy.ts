@@ -164,7 +164,11 @@ async function modelRows(
       loadavg_1m: Deno.loadavg()[0],
       ...timing,
     });
-    if (cfg.flags) await Deno.remove(source, { recursive: true });
+    // A checkpoint goes once no later row exports it again.
+    const later = DEPLOY_CONFIGS.slice(DEPLOY_CONFIGS.indexOf(cfg) + 1);
+    if (cfg.flags && !later.some((l) => l.flags?.join(" ") === cfg.flags!.join(" "))) {
+      await Deno.remove(source, { recursive: true });
+    }
     await Deno.remove(out, { recursive: true });
   }
   // The 8-bit-embedding row's reference is its own fake-quantized checkpoint's perplexity
