@@ -8,6 +8,7 @@
  * `ggml_blocks.ts`.
  * @module
  */
+import { readAt } from "./read_at.ts";
 
 /** Metadata value types. */
 export const GgufValueType = {
@@ -323,18 +324,6 @@ function parseHeader(path: string, buf: Uint8Array, size: number) {
 
 function alignUp(x: number, a: number): number {
   return Math.ceil(x / a) * a;
-}
-
-async function readAt(file: Deno.FsFile, pos: number, n: number, path: string) {
-  const buf = new Uint8Array(n);
-  await file.seek(pos, Deno.SeekMode.Start);
-  let got = 0;
-  while (got < n) {
-    const k = await file.read(buf.subarray(got));
-    if (k === null) throw new Error(`${path}: unexpected end of file at byte ${pos + got}`);
-    got += k;
-  }
-  return buf;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 import type { Tensor } from "../kernels/tensor.ts";
 import type { ModelConfig } from "../models/config.ts";
 import { type BlockWeights, expectFinite, type ModelSource } from "../models/source.ts";
+import { readAt } from "./read_at.ts";
 
 const HEADER_BYTES = 7 * 4;
 
@@ -22,7 +23,7 @@ export async function openLlama2c(path: string): Promise<ModelSource> {
     if (size < HEADER_BYTES) {
       throw new Error(`${path}: ${size} bytes is too short for a llama2.c header`);
     }
-    const head = new Int32Array((await readAt(file, 0, HEADER_BYTES)).buffer);
+    const head = new Int32Array((await readAt(file, 0, HEADER_BYTES, path)).buffer);
     const [dim, hiddenDim, layers, heads, kvHeads, vocabSigned, seqLen] = head;
     const config = configFromHeader(path, head);
     const shared = vocabSigned > 0;
@@ -189,16 +190,4 @@ function layersHint(
   return Number.isInteger(fits) && fits > 0
     ? `; its size fits n_layers ${fits}, not the header's ${layers}`
     : "";
-}
-
-async function readAt(file: Deno.FsFile, pos: number, n: number, path = ""): Promise<Uint8Array> {
-  const buf = new Uint8Array(n);
-  await file.seek(pos, Deno.SeekMode.Start);
-  let got = 0;
-  while (got < n) {
-    const k = await file.read(buf.subarray(got));
-    if (k === null) throw new Error(`${path}: unexpected end of file at byte ${pos + got}`);
-    got += k;
-  }
-  return buf;
 }

@@ -177,16 +177,18 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
   // nothing of them stays resident through the stream; they start from a collected heap, so that
   // what the stream left for the collector (a 128K-vocabulary head is 1 GB) is not held beside
   // the evaluation's own tables.
-  const evaluate = async (m: ModelSource, ids: Int32Array, o: PerplexityOptions) => {
+  const onEvalRuntime = async <T>(f: (evalRt: Runtime) => Promise<T>): Promise<T> => {
     releaseMemory();
     const evalRt = new Runtime(r.device ?? "cpu");
     try {
-      return await perplexity(evalRt, m, ids, o);
+      return await f(evalRt);
     } finally {
       await evalRt.release();
       releaseMemory();
     }
   };
+  const evaluate = (m: ModelSource, ids: Int32Array, o: PerplexityOptions) =>
+    onEvalRuntime((evalRt) => perplexity(evalRt, m, ids, o));
   const { out, ckptDir } = outputPaths(r);
   // Layer-wise runs checkpoint the stream itself; their checkpoints mean nothing without the
   // run's partial output, so they go with it on every exit path but a kill.
@@ -262,10 +264,12 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     });
     const taskFiles = r.eval.tasks ?? [];
     const tasks = (m: ModelSource) =>
-      evaluateTasks(blockGraphLoglikelihood(rt, m), tok, taskFiles, {
-        limit: r.eval.taskLimit,
-        log,
-      });
+      onEvalRuntime((evalRt) =>
+        evaluateTasks(blockGraphLoglikelihood(evalRt, m), tok, taskFiles, {
+          limit: r.eval.taskLimit,
+          log,
+        })
+      );
     const fpTasks = taskFiles.length
       ? await time("tasks_fp", () =>
         cache.memo(
@@ -363,7 +367,10 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
       const p = await time("pack", () => packModel(partial!, { format: r.pack! }));
       p.eval = await time(
         "eval_packed",
-        () => evaluatePacked(rt, p.path, r.eval.files, { seqlen, windows: r.eval.windows, log }),
+        () =>
+          onEvalRuntime((evalRt) =>
+            evaluatePacked(evalRt, p.path, r.eval.files, { seqlen, windows: r.eval.windows, log })
+          ),
       );
       // Packed inside the partial directory, which becomes the output.
       packed = { ...p, path: out + p.path.slice(partial.length) };
