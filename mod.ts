@@ -527,5 +527,6 @@ export {
   fingerprint,
   type FingerprintInputs,
   prepareCheckpointDir,
+  removeCheckpointDir,
 } from "./run/fingerprint.ts";
 export { Progress } from "./cli/progress.ts";

@@ -158,10 +158,25 @@ export async function saveFingerprint(dir: string, fp: Fingerprint): Promise<voi
 }
 
 /**
- * Checks that `--resume dir` holds checkpoints of this very run: the directory exists and its
- * fingerprint equals `fp`; the error names the flag and what differs.
+ * Removes a checkpoint directory with its fingerprint last, so that a kill on the way never
+ * leaves checkpoints without the fingerprint that vouches for them.
  */
-export async function checkResume(dir: string, fp: Fingerprint): Promise<void> {
+export async function removeCheckpointDir(dir: string): Promise<void> {
+  const entries = await Array.fromAsync(Deno.readDir(dir)).catch(() => []);
+  for (const e of entries) {
+    if (e.name !== FINGERPRINT_FILE) await Deno.remove(`${dir}/${e.name}`, { recursive: true });
+  }
+  await Deno.remove(`${dir}/${FINGERPRINT_FILE}`).catch(() => {});
+  await Deno.remove(dir).catch(() => {});
+}
+
+/**
+ * Checks that `--resume dir` holds checkpoints of this very run: the directory exists and its
+ * fingerprint equals `fp`; the error names the flag and what differs. A directory a kill left
+ * before its fingerprint was written, or after the rest was removed (empty, or temporaries
+ * only), holds nothing to resume: `false`, and the run starts from the first block.
+ */
+export async function checkResume(dir: string, fp: Fingerprint): Promise<boolean> {
   let st: Deno.FileInfo;
   try {
     st = await Deno.stat(dir);
@@ -173,6 +188,10 @@ export async function checkResume(dir: string, fp: Fingerprint): Promise<void> {
   try {
     was = JSON.parse(await Deno.readTextFile(`${dir}/${FINGERPRINT_FILE}`));
   } catch {
+    const entries = await Array.fromAsync(Deno.readDir(dir)).catch(() => null);
+    if (entries?.every((e) => e.isFile && /\.tmp/.test(e.name) && CHECKPOINT_FILE.test(e.name))) {
+      return false;
+    }
     throw new UsageError(
       `--resume ${dir}: no readable ${FINGERPRINT_FILE}; not a checkpoint directory of this ` +
         "toolkit (or one from before fingerprints)",
@@ -186,4 +205,5 @@ export async function checkResume(dir: string, fp: Fingerprint): Promise<void> {
         "refusing to mix them into this one",
     );
   }
+  return true;
 }

@@ -44,6 +44,7 @@ import {
   fingerprint,
   fingerprintHash,
   prepareCheckpointDir,
+  removeCheckpointDir,
   saveFingerprint,
 } from "./fingerprint.ts";
 import { checkOutput, commitOutput, type OutputTarget, type RunInput } from "./output.ts";
@@ -425,7 +426,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
     committed = true;
     interrupts.release(partial);
     if (layerwise) {
-      await Deno.remove(ckptDir, { recursive: true }).catch(() => {});
+      await removeCheckpointDir(ckptDir).catch(() => {});
       interrupts.release(ckptDir);
     }
     for (const [name, e] of Object.entries(evalReport)) {
@@ -443,7 +444,7 @@ export async function runQuantization(r: QuantizeRun): Promise<QuantizeReport> {
         interrupts.release(partial);
       }
       if (layerwise && ownsCheckpoints) {
-        await Deno.remove(ckptDir, { recursive: true }).catch(() => {});
+        await removeCheckpointDir(ckptDir).catch(() => {});
         interrupts.release(ckptDir);
       }
     }
@@ -556,7 +557,9 @@ async function preflight(
     calibration: { ids: calib.data, nsamples: r.calib.nsamples, seqlen, seed: r.calib.seed },
   });
   const fpHash = await fingerprintHash(fp);
-  if (r.resume !== undefined) await checkResume(r.resume, fp);
+  if (r.resume !== undefined && !(await checkResume(r.resume, fp))) {
+    log(`--resume ${r.resume}: nothing was checkpointed there; starting from the first block`);
+  }
   const resumed = layerwise && r.resume !== undefined
     ? await LayerwiseCheckpoints.load(r.resume, fpHash, log)
     : null;

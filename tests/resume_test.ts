@@ -13,6 +13,13 @@ import { gptqMain } from "../pipelines/gptq.ts";
 import { omniquantMain } from "../pipelines/omniquant.ts";
 import { qllmMain } from "../pipelines/qllm.ts";
 import { rtnMain } from "../pipelines/rtn.ts";
+import {
+  checkResume,
+  fingerprint,
+  removeCheckpointDir,
+  saveFingerprint,
+} from "../run/fingerprint.ts";
+import { fixtureModel } from "../fixtures/paths.ts";
 import { runProcess, runQuiet, snapshot, type Workspace, workspace } from "./hostile.ts";
 
 const main = (f: (argv: string[]) => Promise<unknown>): CommandMain => async (argv) =>
@@ -29,7 +36,15 @@ interface Pipeline {
    * stage: layer-wise runs continue after them, learned runs fold them without training.
    */
   kept: (k: number) => number;
+  /** Layer-wise: checkpointed by the sink, in `progress.json`. */
+  layerwise?: boolean;
 }
+
+/**
+ * A layer-wise block hands its outputs on before the sink writes and checkpoints it, so block
+ * `k` can start while block `k - 1` is still being saved: only the blocks before that are sure.
+ */
+const LAYERWISE_KEPT = (k: number) => Math.max(0, k - 2);
 
 const PIPELINES: Pipeline[] = [
   {
@@ -37,21 +52,24 @@ const PIPELINES: Pipeline[] = [
     run: main(rtnMain),
     flags: ["--group-size", "32", "--allow-partial-group"],
     stage: "rtn",
-    kept: (k) => k - 1,
+    kept: LAYERWISE_KEPT,
+    layerwise: true,
   },
   {
     name: "gptq",
     run: main(gptqMain),
     flags: ["--group-size", "32", "--allow-partial-group", "--act-order", "--true-sequential"],
     stage: "gptq",
-    kept: (k) => k - 1,
+    kept: LAYERWISE_KEPT,
+    layerwise: true,
   },
   {
     name: "claq",
     run: main(claqMain),
     flags: ["--target-bits", "2.5"],
     stage: "claq",
-    kept: (k) => k - 1,
+    kept: LAYERWISE_KEPT,
+    layerwise: true,
   },
   {
     name: "omniquant",
@@ -106,17 +124,31 @@ for (const [i, p] of PIPELINES.entries()) {
         const a = await runQuiet(p.run, [...args(w, p, whole), "--quiet"]);
         assert.equal(a.code, 0, a.error);
 
-        // A kill that lands after the run has finished (a fast block, a loaded machine) misses:
+        // A kill that lands once the output is committed (a fast block, a loaded machine) misses:
         // then the run is repeated with the kill sooner.
+        let stderr = "";
         for (const delay of [delayMs, Math.floor(delayMs / 4), 0]) {
           const killed = await runProcess(p.name, args(w, p, resumed), {
             trigger: new RegExp(`block ${block}/5: (${p.stage})`),
             delayMs: delay,
           });
           assert.ok(killed.triggered, killed.stderr);
-          if (await Deno.stat(`${resumed}.ckpt`).catch(() => null)) break;
+          stderr = killed.stderr;
+          const committed = await Deno.stat(resumed).catch(() => null);
+          if (!committed && await Deno.stat(`${resumed}.ckpt`).catch(() => null)) break;
+          assert.ok(delay > 0, `${p.name}: the kill at once still missed\n${stderr}`);
           await Deno.remove(resumed, { recursive: true }).catch(() => {});
+          await Deno.remove(`${resumed}.ckpt`, { recursive: true }).catch(() => {});
         }
+        // What the kill left checkpointed, all of which the resumed run must take.
+        const progress = p.layerwise
+          ? await Deno.readTextFile(`${resumed}.ckpt/progress.json`).then(JSON.parse, () => null)
+          : null;
+        const saved = progress === null
+          ? 0
+          : progress.stage === "complete"
+          ? 5
+          : progress.block + 1;
         const r = await runQuiet(p.run, [
           ...args(w, p, resumed),
           ...["--resume", `${resumed}.ckpt`, "--quiet"],
@@ -128,9 +160,13 @@ for (const [i, p] of PIPELINES.entries()) {
         const skipped = report.resumed_after_block !== undefined
           ? report.resumed_after_block + 1
           : redone.filter((b: { resumed?: boolean }) => b.resumed).length;
+        if (p.layerwise) {
+          assert.equal(skipped, saved, `${p.name}: ${saved} blocks were checkpointed\n${stderr}`);
+        }
         assert.ok(
           skipped >= p.kept(block),
-          `${p.name}: ${skipped} blocks taken from the checkpoints, expected ≥ ${p.kept(block)}`,
+          `${p.name}: ${skipped} blocks taken from the checkpoints, expected ≥ ${p.kept(block)}\n` +
+            stderr,
         );
         const [x, y] = [await snapshot(whole), await snapshot(resumed)];
         x.delete("report.json");
@@ -184,5 +220,29 @@ Deno.test("gptq: kill -9 during the final evaluation, --resume evaluates and com
     assert.deepEqual([...y.entries()].sort(), [...x.entries()].sort());
   } finally {
     await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a checkpoint directory a kill left without its fingerprint", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "qllm-resume-fp-" });
+  try {
+    const fp = await fingerprint({
+      model: `${fixtureModel("stories260k")}/stories260K.bin`,
+      method: { method: "rtn", wbits: 4 },
+      calibration: { ids: Int32Array.of(1, 2, 3), nsamples: 1, seqlen: 3, seed: 0 },
+    });
+    // Killed between mkdir and the fingerprint's rename: nothing to resume, the run starts over.
+    await Deno.writeTextFile(`${dir}/fingerprint.json.tmp`, "{");
+    assert.equal(await checkResume(dir, fp), false);
+    // Checkpoints without the fingerprint that vouches for them are refused.
+    await Deno.writeTextFile(`${dir}/block-0.safetensors`, "x");
+    await assert.rejects(() => checkResume(dir, fp), /fingerprint\.json/);
+    // Removal takes the fingerprint last: at every step either it is there or nothing else is.
+    await saveFingerprint(dir, fp);
+    assert.equal(await checkResume(dir, fp), true);
+    await removeCheckpointDir(dir);
+    assert.equal(await Deno.stat(dir).catch(() => null), null);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
