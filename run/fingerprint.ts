@@ -104,6 +104,10 @@ export async function fingerprintHash(fp: Fingerprint): Promise<string> {
 const CHECKPOINT_FILE =
   /^(fingerprint\.json|progress\.json|block-\d+\.safetensors|chain-\d+\.f32)(\.tmp.*|\.data-.*)?$/;
 
+/** A checkpoint file's temporary, which a kill may leave and nothing reads. */
+const isTemporary = (e: Deno.DirEntry) =>
+  e.isFile && CHECKPOINT_FILE.test(e.name) && /\.tmp|\.data-/.test(e.name);
+
 /**
  * Makes `dir` ready for this run's checkpoints. Resuming from it, only the temporary files a
  * kill left are removed; otherwise the checkpoints of an earlier run there are removed — but a
@@ -127,7 +131,7 @@ export async function prepareCheckpointDir(dir: string, o: { resuming: boolean }
     );
   }
   for (const e of entries) {
-    if (!o.resuming || /\.tmp|\.data-/.test(e.name)) await Deno.remove(`${dir}/${e.name}`);
+    if (!o.resuming || isTemporary(e)) await Deno.remove(`${dir}/${e.name}`);
   }
 }
 
@@ -189,9 +193,7 @@ export async function checkResume(dir: string, fp: Fingerprint): Promise<boolean
     was = JSON.parse(await Deno.readTextFile(`${dir}/${FINGERPRINT_FILE}`));
   } catch {
     const entries = await Array.fromAsync(Deno.readDir(dir)).catch(() => null);
-    if (entries?.every((e) => e.isFile && /\.tmp/.test(e.name) && CHECKPOINT_FILE.test(e.name))) {
-      return false;
-    }
+    if (entries?.every(isTemporary)) return false;
     throw new UsageError(
       `--resume ${dir}: no readable ${FINGERPRINT_FILE}; not a checkpoint directory of this ` +
         "toolkit (or one from before fingerprints)",

@@ -237,7 +237,7 @@ Deno.test("a checkpoint directory a kill left without its fingerprint", async ()
     // Checkpoints without the fingerprint that vouches for them are refused.
     await Deno.writeTextFile(`${dir}/block-0.safetensors`, "x");
     await assert.rejects(() => checkResume(dir, fp), /fingerprint\.json/);
-    // Removal takes the fingerprint last: at every step either it is there or nothing else is.
+    // With its fingerprint the directory resumes; removing it leaves nothing.
     await saveFingerprint(dir, fp);
     assert.equal(await checkResume(dir, fp), true);
     await removeCheckpointDir(dir);
